@@ -1,0 +1,1 @@
+"""gRPC front end: translates the Open Inference Protocol's gRPC form to the protocol-neutral types."""

@@ -1,0 +1,192 @@
+"""The inference service: the one protocol-neutral surface both front ends call.
+
+Front ends translate wire messages into the calls below and render what they return; they never reach
+into the repository or a session themselves. The router decides which version serves a request; the
+runtime executes it. Views returned here are plain data for the codecs to render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.routing.router import Router
+from gateway.types import InferOutput, InferRequest, InferResponse
+from runtime.config import BatchingConfig, VersionPolicy
+from runtime.errors import InvalidArgument, NotFound, Unsupported
+from runtime.model import BACKEND, PLATFORM, ModelVersion, TensorSpec, VersionStats
+from runtime.repository import IndexRow, ModelRepository, parse_version
+
+SERVER_NAME = "onnxgate"
+EXTENSIONS = (
+    "binary_tensor_data",
+    "parameters",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfigView:
+    """The model configuration in Triton's terms (rendered as ModelConfig proto or its JSON mapping)."""
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]  # dims exclude the batch dimension when max_batch_size > 0
+    outputs: tuple[TensorSpec, ...]
+    version_policy: VersionPolicy
+    instance_kind: str  # "KIND_CPU" | "KIND_GPU"
+    gpus: tuple[int, ...]
+    dynamic_batching: BatchingConfig | None
+    default_model_filename: str = "model.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatistics:
+    name: str
+    version: str
+    stats: VersionStats
+
+
+class InferenceService:
+    def __init__(self, repository: ModelRepository, router: Router, version: str, model_control: bool) -> None:
+        self.repository = repository
+        self.router = router
+        self.version = version
+        self.model_control = model_control
+        self.started = False
+        self.draining = False
+
+    # ---------------------------------------------------------------- health and metadata
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.router.all_endpoints_ready()
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return SERVER_NAME, self.version, EXTENSIONS
+
+    def _version(self, name: str, version: str) -> ModelVersion:
+        return self.router.resolve_for_metadata(name, parse_version(version))
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self._version(name, version)
+        except (NotFound, InvalidArgument):
+            return False
+        except Exception:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        mv = self._version(name, version)
+        entry = self.repository.entry(mv.name)
+        versions = [str(v) for v in sorted(entry.versions)] if entry else [mv.version_str]
+        return ModelMetadata(
+            name=name,
+            versions=versions,
+            platform=PLATFORM,
+            inputs=[TensorMetadata(s.name, s.datatype.name, s.shape(mv.batched)) for s in mv.inputs],
+            outputs=[TensorMetadata(s.name, s.datatype.name, s.shape(mv.batched)) for s in mv.outputs],
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfigView:
+        mv = self._version(name, version)
+        cfg = mv.config
+        gpu = cfg.cuda_device_id
+        return ModelConfigView(
+            name=name,
+            platform=PLATFORM,
+            backend=BACKEND,
+            max_batch_size=mv.max_batch_size,
+            inputs=mv.inputs,
+            outputs=mv.outputs,
+            version_policy=cfg.version_policy,
+            instance_kind="KIND_CPU" if gpu is None else "KIND_GPU",
+            gpus=() if gpu is None else (gpu,),
+            dynamic_batching=cfg.dynamic_batching,
+        )
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        """Per-version statistics; every model when `name` is empty, as Triton does."""
+        wanted = parse_version(version)
+        if name:
+            model = self.router.model_name_for(name)
+            entry = self.repository.entry(model)
+            if entry is None:
+                raise NotFound(f"unknown model: '{name}'")
+            entries = [entry]
+        else:
+            entries = [e for n in self.repository.names() if (e := self.repository.entry(n)) is not None]
+        result = []
+        for entry in entries:
+            for v, mv in sorted(entry.versions.items()):
+                if wanted is None or v == wanted:
+                    result.append(VersionStatistics(entry.name, str(v), mv.stats))
+        if name and wanted is not None and not result:
+            raise NotFound(f"unknown version {wanted} of model '{name}'")
+        return result
+
+    # ---------------------------------------------------------------- inference
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        mv = self.router.route(request)
+        feeds = {}
+        for tensor in request.inputs:
+            if tensor.name in feeds:
+                raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
+            feeds[tensor.name] = tensor.data
+        requested = request.outputs
+        names = [o.name for o in requested] if requested else None
+        arrays = await mv.infer(feeds, names)
+        specs = mv.output_specs
+        if requested:
+            outputs = [
+                InferOutput(n, specs[n].datatype.name, a.shape, a, o.binary)
+                for (n, a), o in zip(arrays, requested, strict=True)
+            ]
+        else:
+            outputs = [InferOutput(n, specs[n].datatype.name, a.shape, a) for n, a in arrays]
+        return InferResponse(request.model_name, mv.version_str, request.id, outputs)
+
+    # ---------------------------------------------------------------- repository
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexRow]:
+        return self.repository.index(ready_only)
+
+    def _check_model_control(self) -> None:
+        if not self.model_control:
+            raise Unsupported(
+                "model loading and unloading over the API is disabled; start the gateway with "
+                "--allow-model-control (or model_control = true in gateway.toml) to enable it"
+            )
+
+    async def load_model(self, name: str) -> None:
+        self._check_model_control()
+        entry = await self.repository.load(name)
+        if not entry.versions:
+            raise InvalidArgument(f"failed to load '{name}': {entry.reason}")
+
+    async def unload_model(self, name: str) -> None:
+        self._check_model_control()
+        await self.repository.unload(name)

@@ -1,0 +1,334 @@
+"""One loaded model version: its ONNX Runtime session, its tensor specs, its statistics, and its queue.
+
+Rules of this module:
+- Everything about the graph (specs, batch dimension, output names) is worked out once at load time; a
+  request pays only for checking its own inputs against precomputed tables.
+- Statistics are plain integers updated on the event loop thread after the run returns, so they need no
+  lock (the run itself happens on an executor thread).
+- A request is admitted only while the version's queue has room; beyond that it is refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.config import AUTO_MAX_BATCH_SIZE, MODEL_FILE, ModelConfig, TensorOverride
+from runtime.datatypes import BY_ORT_TYPE, BYTES, DataType, from_numpy
+from runtime.errors import InternalError, InvalidArgument, ModelLoadError, ServingError, Unavailable
+from runtime.session import create_session
+
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]  # without the batch dimension when the model batches; -1 = any size
+
+    def shape(self, batched: bool) -> list[int]:
+        """The full shape as the metadata endpoint reports it (batch dimension as -1)."""
+        return [-1, *self.dims] if batched else list(self.dims)
+
+
+class QueueFull(Unavailable):
+    """The version's admission queue is full; clients should retry later."""
+
+    retry_after_s = 1
+
+
+@dataclass(slots=True)
+class BatchStats:
+    count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+
+@dataclass(slots=True)
+class VersionStats:
+    """Cumulative counters in Triton's shape (durations in nanoseconds)."""
+
+    inference_count: int = 0  # rows (batch elements) inferred
+    execution_count: int = 0  # ONNX Runtime runs
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+
+def _spec_from_ort(arg: ort.NodeArg, model: str) -> tuple[str, DataType, list[int]]:
+    datatype = BY_ORT_TYPE.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"model {model}: tensor '{arg.name}' has type {arg.type}, which is not servable")
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+    return arg.name, datatype, dims
+
+
+def _apply_override(spec: TensorSpec, overrides: Mapping[str, TensorOverride], model: str) -> TensorSpec:
+    o = overrides.get(spec.name)
+    if o is None:
+        return spec
+    if o.datatype is not None and o.datatype != spec.datatype:
+        raise ModelLoadError(
+            f"model {model}: config says '{spec.name}' is {o.datatype.name} but the graph says {spec.datatype.name}"
+        )
+    dims = spec.dims
+    if o.dims is not None:
+        if len(o.dims) != len(dims) or any(g != -1 and g != c for g, c in zip(dims, o.dims, strict=True)):
+            raise ModelLoadError(
+                f"model {model}: config dims {list(o.dims)} for '{spec.name}' do not fit the graph's {list(dims)}"
+            )
+        dims = o.dims
+    return TensorSpec(spec.name, spec.datatype, dims)
+
+
+def _strings_for_ort(feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    """ORT's Python binding takes strings, not bytes: it would store repr(b"..."). Valid UTF-8 is decoded
+    as such, so the model sees the client's exact bytes; if any element is not UTF-8 the request's BYTES
+    go through latin-1 instead, which maps every byte to one code point and back, so identity-like models
+    still return the exact bytes (text models then see those bytes re-encoded)."""
+    converted = dict(feeds)
+    latin1 = False
+    for name, arr in feeds.items():
+        if arr.dtype.kind != "O":
+            continue
+        flat = arr.reshape(-1)
+        try:
+            strings = [b.decode("utf-8") for b in flat]
+        except UnicodeDecodeError:
+            latin1 = True
+            break
+        converted[name] = np.array(strings, dtype=object).reshape(arr.shape)
+    if latin1:
+        for name, arr in feeds.items():
+            if arr.dtype.kind == "O":
+                converted[name] = np.array([b.decode("latin-1") for b in arr.reshape(-1)], dtype=object).reshape(
+                    arr.shape
+                )
+    return converted, latin1
+
+
+def _bytes_from_ort(arr: np.ndarray, latin1: bool) -> np.ndarray:
+    out = np.empty(arr.size, dtype=object)
+    for i, s in enumerate(arr.reshape(-1)):
+        if latin1:
+            try:
+                out[i] = s.encode("latin-1")
+                continue
+            except UnicodeEncodeError:
+                pass
+        out[i] = s.encode("utf-8")
+    return out.reshape(arr.shape)
+
+
+class ModelVersion:
+    """A ready-to-serve version. Built (session created, warmed up) before anyone can route to it."""
+
+    def __init__(self, name: str, version: int, folder: Path, config: ModelConfig, executor: Executor) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.config = config
+        self.path = folder / str(version) / MODEL_FILE
+        self._executor = executor
+        self.session = create_session(self.path, config)
+        raw_in = [_spec_from_ort(a, name) for a in self.session.get_inputs()]
+        raw_out = [_spec_from_ort(a, name) for a in self.session.get_outputs()]
+        batchable = all(dims and dims[0] == -1 for _, _, dims in raw_in + raw_out)
+        mbs = config.max_batch_size
+        if mbs is None:
+            mbs = AUTO_MAX_BATCH_SIZE if batchable else 0
+        elif mbs > 0 and not batchable:
+            raise ModelLoadError(
+                f"model {name}: max_batch_size is {mbs} but not every input and output has a dynamic first "
+                "dimension to batch on"
+            )
+        self.max_batch_size = mbs
+        self.batched = mbs > 0
+        cut = 1 if self.batched else 0
+        in_over = {o.name: o for o in config.inputs}
+        out_over = {o.name: o for o in config.outputs}
+        self.inputs = tuple(
+            _apply_override(TensorSpec(n, dt, tuple(d[cut:])), in_over, name) for n, dt, d in raw_in
+        )
+        self.outputs = tuple(
+            _apply_override(TensorSpec(n, dt, tuple(d[cut:])), out_over, name) for n, dt, d in raw_out
+        )
+        self.input_specs = {s.name: s for s in self.inputs}
+        self.output_specs = {s.name: s for s in self.outputs}
+        self.output_names = [s.name for s in self.outputs]
+        self.has_bytes_inputs = any(s.datatype is BYTES for s in self.inputs)
+        self.has_bytes_outputs = any(s.datatype is BYTES for s in self.outputs)
+        self.stats = VersionStats()
+        self.pending = 0  # admitted and not yet answered
+        self.max_queue_size = config.max_queue_size
+        if config.warmup:
+            self._warm_up()
+
+    # ---------------------------------------------------------------- load time
+
+    def _warm_up(self) -> None:
+        """One run at batch 1 so that the first client does not pay for lazy initialisation."""
+        feeds = {}
+        for spec in self.inputs:
+            shape = [1 if d == -1 else d for d in spec.shape(self.batched)]
+            if spec.datatype is BYTES:
+                feeds[spec.name] = np.full(shape, "0", dtype=object)  # str: the session's own type
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+        try:
+            self.session.run(None, feeds)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.name} version {self.version} failed its warm-up run: {str(exc).strip()[:500]}"
+                " (set [warmup] enabled = false in config.toml if it needs special inputs)"
+            ) from None
+
+    # ---------------------------------------------------------------- request time
+
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """Validate names, datatypes and shapes against the graph; returns the batch size (1 if unbatched)."""
+        specs = self.input_specs
+        if len(feeds) != len(specs) or not all(n in specs for n in feeds):
+            unexpected = [n for n in feeds if n not in specs]
+            if unexpected:
+                raise InvalidArgument(
+                    f"unexpected inference input '{unexpected[0]}' for model '{self.name}'; "
+                    f"it expects {sorted(specs)}"
+                )
+            missing = [n for n in specs if n not in feeds]
+            raise InvalidArgument(
+                f"expected {len(specs)} inputs but got {len(feeds)} inputs for model '{self.name}'; "
+                f"missing {missing}"
+            )
+        batch = -1
+        for name, array in feeds.items():
+            spec = specs[name]
+            got = from_numpy(array.dtype) if array.dtype.kind != "O" else BYTES
+            if got is not spec.datatype:
+                raise InvalidArgument(
+                    f"inference input '{name}' data-type is '{got.name}', but model '{self.name}' "
+                    f"expects '{spec.datatype.name}'"
+                )
+            shape = array.shape
+            dims = spec.dims
+            if self.batched:
+                if len(shape) != len(dims) + 1:
+                    raise self._bad_shape(spec, shape)
+                if batch == -1:
+                    batch = shape[0]
+                    if batch > self.max_batch_size:
+                        raise InvalidArgument(
+                            f"inference request batch-size must be <= {self.max_batch_size} for "
+                            f"'{self.name}', got {batch} in input '{name}'"
+                        )
+                elif shape[0] != batch:
+                    raise InvalidArgument(
+                        f"input '{name}' has batch size {shape[0]} but other inputs of the request have "
+                        f"{batch}; all inputs must share the batch dimension"
+                    )
+                rest = shape[1:]
+            else:
+                if len(shape) != len(dims):
+                    raise self._bad_shape(spec, shape)
+                rest = shape
+            for want, have in zip(dims, rest, strict=True):
+                if want != -1 and want != have:
+                    raise self._bad_shape(spec, shape)
+        return batch if batch >= 0 else 1
+
+    def _bad_shape(self, spec: TensorSpec, shape: Sequence[int]) -> InvalidArgument:
+        return InvalidArgument(
+            f"unexpected shape for input '{spec.name}' for model '{self.name}'. "
+            f"Expected {spec.shape(self.batched)}, got {list(shape)}"
+        )
+
+    def check_outputs(self, names: Sequence[str]) -> None:
+        for n in names:
+            if n not in self.output_specs:
+                raise InvalidArgument(
+                    f"unexpected inference output '{n}' for model '{self.name}'; it has {self.output_names}"
+                )
+
+    def _run(self, feeds: Mapping[str, np.ndarray], names: list[str], submitted: int) -> tuple[list, int, int]:
+        started = time.perf_counter_ns()
+        latin1 = False
+        if self.has_bytes_inputs:
+            feeds, latin1 = _strings_for_ort(feeds)
+        outputs = self.session.run(names, feeds)
+        if self.has_bytes_outputs:
+            outputs = [_bytes_from_ort(a, latin1) if a.dtype.kind in "OU" else a for a in outputs]
+        return outputs, started - submitted, time.perf_counter_ns() - started
+
+    async def infer(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> list[tuple[str, np.ndarray]]:
+        """Run one request; returns (name, array) for each requested output, in the order asked for."""
+        t0 = time.perf_counter_ns()
+        stats = self.stats
+        if self.pending >= self.max_queue_size:
+            raise QueueFull(
+                f"model '{self.name}' version {self.version} has {self.pending} requests queued (limit "
+                f"{self.max_queue_size}); retry later"
+            )
+        self.pending += 1
+        try:
+            batch = self.check_inputs(feeds)
+            names = list(output_names) if output_names else self.output_names
+            if output_names:
+                self.check_outputs(names)
+            t1 = time.perf_counter_ns()
+            loop = asyncio.get_running_loop()
+            try:
+                arrays, queue_ns, infer_ns = await loop.run_in_executor(
+                    self._executor, self._run, feeds, names, t1
+                )
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise InternalError(
+                    f"model '{self.name}' version {self.version} failed to run: {str(exc).strip()[:500]}"
+                ) from None
+        except BaseException:
+            self.pending -= 1
+            stats.fail_count += 1
+            stats.fail_ns += time.perf_counter_ns() - t0
+            raise
+        self.pending -= 1
+        t2 = time.perf_counter_ns()
+        result = list(zip(names, arrays, strict=True))
+        t3 = time.perf_counter_ns()
+        input_ns, output_ns = t1 - t0, t3 - t2
+        stats.inference_count += batch
+        stats.execution_count += 1
+        stats.success_count += 1
+        stats.success_ns += t3 - t0
+        stats.queue_ns += queue_ns
+        stats.compute_input_ns += input_ns
+        stats.compute_infer_ns += infer_ns
+        stats.compute_output_ns += output_ns
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        b = stats.batches.get(batch)
+        if b is None:
+            b = stats.batches[batch] = BatchStats()
+        b.count += 1
+        b.compute_input_ns += input_ns
+        b.compute_infer_ns += infer_ns
+        b.compute_output_ns += output_ns
+        return result
