@@ -7,9 +7,12 @@ runtime executes it. Views returned here are plain data for the codecs to render
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+from gateway.routing.roles import Role
 from gateway.routing.router import Router
+from gateway.routing.shadow import ShadowDispatcher
 from gateway.types import InferOutput, InferRequest, InferResponse
 from runtime.config import BatchingConfig, VersionPolicy
 from runtime.errors import InvalidArgument, NotFound, Unsupported
@@ -67,9 +70,18 @@ class VersionStatistics:
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, router: Router, version: str, model_control: bool) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        router: Router,
+        version: str,
+        model_control: bool,
+        shadow: ShadowDispatcher | None = None,
+    ) -> None:
         self.repository = repository
         self.router = router
+        self.shadow = shadow
+        self._random = random.random
         self.version = version
         self.model_control = model_control
         self.started = False
@@ -150,7 +162,7 @@ class InferenceService:
     # ---------------------------------------------------------------- inference
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        mv = self.router.route(request)
+        mv, role, route = self.router.choose(request)
         feeds = {}
         for tensor in request.inputs:
             if tensor.name in feeds:
@@ -159,6 +171,13 @@ class InferenceService:
         requested = request.outputs
         names = [o.name for o in requested] if requested else None
         arrays = await mv.infer(feeds, names)
+        if (
+            route.shadow is not None
+            and role is not Role.PINNED
+            and self.shadow is not None
+            and self._random() < route.sample_rate
+        ):
+            self.shadow.offer(route.endpoint, mv, route.shadow, feeds, arrays)
         specs = mv.output_specs
         if requested:
             outputs = [

@@ -64,6 +64,12 @@ class Settings:
     # Threads that run ONNX Runtime sessions (each session itself uses its own intra-op threads).
     inference_threads: int = 0  # 0 = number of CPUs
     model_control: bool = False  # repository load/unload over the inference APIs
+    control_host: str | None = None  # control listener address; None = same as `host`
+    tokens_file: Path | None = None  # bearer tokens for the control API (TOML [[tokens]] name/secret/role)
+    inference_auth: bool = False  # inference APIs also require a token from tokens_file
+    shadow_queue_size: int = 1024  # shadow work waiting to run; beyond it work is dropped and counted
+    shadow_concurrency: int = 2  # shadow requests running at once
+    shadow_timeout_s: float = 5.0  # a shadow request that takes longer is abandoned and counted
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     endpoints: tuple[EndpointSettings, ...] = ()
@@ -89,6 +95,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
+        if "float" in text:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if "int" in text:
             if isinstance(value, bool):
                 raise ValueError(value)
@@ -176,12 +186,15 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, _SCALAR_FIELDS[key].type)
+    for key in ("shadow_queue_size", "shadow_concurrency"):
+        if values.get(key, 1) < 1:
+            raise SettingsError(f"setting '{key}' must be at least 1")
     limit_fields = {f.name for f in dataclasses.fields(Limits)}
     for key, value in limits.items():
         if key not in limit_fields or isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise SettingsError(f"limits.{key} is unknown or not a positive integer")
     for key in ("http_port", "grpc_port", "metrics_port", "control_port"):
-        port = values.get(key, getattr(Settings, key, 0))
+        port = values.get(key, _SCALAR_FIELDS[key].default)
         if not 0 <= port <= 65535:
             raise SettingsError(f"setting '{key}' must be a port number (0-65535), got {port}")
     if values.get("workers", 1) < 1:

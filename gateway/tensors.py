@@ -19,15 +19,18 @@ import numpy as np
 from runtime.datatypes import BY_NAME, BYTES, DataType
 from runtime.errors import InvalidArgument, ResourceExhausted
 
-# Default ceiling on elements in one tensor; the reliability limits make it configurable.
+# Defaults; callers pass the configured `Limits` values.
 MAX_ELEMENTS = 1 << 28
+MAX_BYTES_ELEMENT = 16 * 1024 * 1024
 _U32 = struct.Struct("<I")
 
 
 def datatype_of(name: str, tensor: str) -> DataType:
     dt = BY_NAME.get(name)
     if dt is None:
-        raise InvalidArgument(f"tensor '{tensor}': unknown datatype {name!r}; expected one of {sorted(BY_NAME)}")
+        raise InvalidArgument(
+            f"tensor '{tensor}': unknown datatype {name!r}; expected one of {sorted(BY_NAME)}"
+        )
     return dt
 
 
@@ -38,15 +41,24 @@ def element_count(shape: Sequence[Any], tensor: str, limit: int = MAX_ELEMENTS) 
             raise InvalidArgument(f"tensor '{tensor}': shape {list(shape)} must hold non-negative integers")
         count *= d
     if count > limit:
-        raise ResourceExhausted(f"tensor '{tensor}': shape {list(shape)} has {count} elements (limit {limit})")
+        raise ResourceExhausted(
+            f"tensor '{tensor}': shape {list(shape)} has {count} elements (limit {limit})"
+        )
     return count
 
 
-def array_from_raw(raw: bytes | memoryview, dt: DataType, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+def array_from_raw(
+    raw: bytes | memoryview,
+    dt: DataType,
+    shape: tuple[int, ...],
+    tensor: str,
+    limit: int = MAX_ELEMENTS,
+    max_element_bytes: int = MAX_BYTES_ELEMENT,
+) -> np.ndarray:
     """Wrap raw tensor bytes as an array of `shape` (BYTES: decode the length-prefixed elements)."""
-    count = element_count(shape, tensor)
+    count = element_count(shape, tensor, limit)
     if dt is BYTES:
-        return deserialize_bytes(raw, count, tensor).reshape(shape)
+        return deserialize_bytes(raw, count, tensor, max_element_bytes).reshape(shape)
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
@@ -55,9 +67,16 @@ def array_from_raw(raw: bytes | memoryview, dt: DataType, shape: tuple[int, ...]
     return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
 
 
-def array_from_values(values: Any, dt: DataType, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+def array_from_values(
+    values: Any,
+    dt: DataType,
+    shape: tuple[int, ...],
+    tensor: str,
+    limit: int = MAX_ELEMENTS,
+    max_element_bytes: int = MAX_BYTES_ELEMENT,
+) -> np.ndarray:
     """Build an array from a flat (or nested) list of values, as JSON and typed gRPC contents carry them."""
-    count = element_count(shape, tensor)
+    count = element_count(shape, tensor, limit)
     if dt is BYTES:
         flat = np.empty(len(values), dtype=object) if isinstance(values, list) else None
         if flat is None:
@@ -68,7 +87,13 @@ def array_from_values(values: Any, dt: DataType, shape: tuple[int, ...], tensor:
             elif isinstance(v, bytes | bytearray):
                 flat[i] = bytes(v)
             else:
-                raise InvalidArgument(f"tensor '{tensor}': BYTES element {i} is {type(v).__name__}, not a string")
+                raise InvalidArgument(
+                    f"tensor '{tensor}': BYTES element {i} is {type(v).__name__}, not a string"
+                )
+            if len(flat[i]) > max_element_bytes:
+                raise ResourceExhausted(
+                    f"tensor '{tensor}': BYTES element {i} has {len(flat[i])} bytes (limit {max_element_bytes})"
+                )
         arr = flat
     else:
         try:
@@ -77,7 +102,7 @@ def array_from_values(values: Any, dt: DataType, shape: tuple[int, ...], tensor:
             raise InvalidArgument(f"tensor '{tensor}': data is not valid {dt.name}: {exc}") from None
         if arr.ndim > 1:
             arr = arr.reshape(-1)
-        if dt.name == "BOOL" and np.asarray(values).dtype.kind not in "bO":
+        if dt.name == "BOOL" and arr.size and np.asarray(values).dtype.kind not in "bO":
             raise InvalidArgument(f"tensor '{tensor}': BOOL data must be true/false")
     if arr.size != count:
         raise InvalidArgument(
@@ -86,7 +111,9 @@ def array_from_values(values: Any, dt: DataType, shape: tuple[int, ...], tensor:
     return arr.reshape(shape)
 
 
-def deserialize_bytes(raw: bytes | memoryview, count: int, tensor: str) -> np.ndarray:
+def deserialize_bytes(
+    raw: bytes | memoryview, count: int, tensor: str, max_element_bytes: int = MAX_BYTES_ELEMENT
+) -> np.ndarray:
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     end = len(view)
@@ -98,6 +125,10 @@ def deserialize_bytes(raw: bytes | memoryview, count: int, tensor: str) -> np.nd
         offset += 4
         if offset + n > end:
             raise InvalidArgument(f"tensor '{tensor}': BYTES element {i} claims {n} bytes beyond the data")
+        if n > max_element_bytes:
+            raise ResourceExhausted(
+                f"tensor '{tensor}': BYTES element {i} has {n} bytes (limit {max_element_bytes})"
+            )
         out[i] = bytes(view[offset : offset + n])
         offset += n
     if offset != end:

@@ -100,7 +100,7 @@ class _Fields:
         value = self.get(key, int, default)
         if value is not None and value < minimum:
             raise self.fail(key, f"must be >= {minimum}, got {value}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def sub(self, key: str) -> _Fields:
         return _Fields(self.path, self.get(key, dict, {}), f"{self.prefix}{key}.")
@@ -119,7 +119,9 @@ def _tensors(fields: _Fields, key: str) -> tuple[TensorOverride, ...]:
             if datatype is None:
                 raise sub.fail("datatype", f"is not a known datatype: {dt_name!r}")
         dims = sub.get("dims", list)
-        if dims is not None and not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in dims):
+        if dims is not None and not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in dims
+        ):
             raise sub.fail("dims", "must be a list of integers >= -1")
         result.append(TensorOverride(item["name"], datatype, tuple(dims) if dims is not None else None))
     return tuple(result)

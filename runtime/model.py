@@ -118,9 +118,9 @@ def _strings_for_ort(feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndar
     if latin1:
         for name, arr in feeds.items():
             if arr.dtype.kind == "O":
-                converted[name] = np.array([b.decode("latin-1") for b in arr.reshape(-1)], dtype=object).reshape(
-                    arr.shape
-                )
+                converted[name] = np.array(
+                    [b.decode("latin-1") for b in arr.reshape(-1)], dtype=object
+                ).reshape(arr.shape)
     return converted, latin1
 
 
@@ -140,7 +140,9 @@ def _bytes_from_ort(arr: np.ndarray, latin1: bool) -> np.ndarray:
 class ModelVersion:
     """A ready-to-serve version. Built (session created, warmed up) before anyone can route to it."""
 
-    def __init__(self, name: str, version: int, folder: Path, config: ModelConfig, executor: Executor) -> None:
+    def __init__(
+        self, name: str, version: int, folder: Path, config: ModelConfig, executor: Executor
+    ) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -266,7 +268,9 @@ class ModelVersion:
                     f"unexpected inference output '{n}' for model '{self.name}'; it has {self.output_names}"
                 )
 
-    def _run(self, feeds: Mapping[str, np.ndarray], names: list[str], submitted: int) -> tuple[list, int, int]:
+    def _run(
+        self, feeds: Mapping[str, np.ndarray], names: list[str], submitted: int
+    ) -> tuple[list, int, int]:
         started = time.perf_counter_ns()
         latin1 = False
         if self.has_bytes_inputs:
@@ -277,9 +281,15 @@ class ModelVersion:
         return outputs, started - submitted, time.perf_counter_ns() - started
 
     async def infer(
-        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None,
+        executor: Executor | None = None,
     ) -> list[tuple[str, np.ndarray]]:
-        """Run one request; returns (name, array) for each requested output, in the order asked for."""
+        """Run one request; returns (name, array) for each requested output, in the order asked for.
+
+        `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool.
+        """
         t0 = time.perf_counter_ns()
         stats = self.stats
         if self.pending >= self.max_queue_size:
@@ -297,7 +307,7 @@ class ModelVersion:
             loop = asyncio.get_running_loop()
             try:
                 arrays, queue_ns, infer_ns = await loop.run_in_executor(
-                    self._executor, self._run, feeds, names, t1
+                    executor or self._executor, self._run, feeds, names, t1
                 )
             except ServingError:
                 raise

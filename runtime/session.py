@@ -35,18 +35,21 @@ def choose_providers(config: ModelConfig, available: list[str] | None = None) ->
     device_id = config.cuda_device_id
     if device_id is None:
         return [CPU]
-    wanted: ProviderList = []
+    wanted: list[tuple[str, dict[str, Any]]] = []
     if config.tensorrt:
         wanted.append((TENSORRT, {"device_id": device_id}))
     wanted.append((CUDA, {"device_id": device_id}))
-    missing = [name for name, _ in wanted if name not in available]  # type: ignore[misc]
+    missing = [name for name, _ in wanted if name not in available]
     if not missing:
         return [*wanted, CPU]
     if config.fallback == "cpu":
         log.warning(
             "model %s asked for %s (device %s) but this onnxruntime has only %s; running on the CPU "
-            "because the config allows fallback = \"cpu\"",
-            config.name, ", ".join(missing), config.device, ", ".join(available),
+            'because the config allows fallback = "cpu"',
+            config.name,
+            ", ".join(missing),
+            config.device,
+            ", ".join(available),
         )
         return [CPU]
     raise ModelLoadError(

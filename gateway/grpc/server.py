@@ -1,0 +1,100 @@
+"""Build and start the grpc.aio server: our servicer, the standard health service, server reflection.
+
+``start_grpc_server`` returns a ``GrpcServer`` handle (server, bound port, health servicer). The app's
+composition root keeps it, flips health with ``set_serving`` as ``InferenceService.ready()`` changes, and
+calls ``stop`` at shutdown (health goes NOT_SERVING first, so load balancers drain before the port closes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.grpc.generated import grpc_service_pb2 as pb
+from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.grpc.servicer import InferenceServicer
+from gateway.service import InferenceService
+from gateway.settings import Limits
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Health names we report: "" (the whole server) and the inference service, as grpc health probes ask.
+HEALTH_NAMES = ("", INFERENCE_SERVICE)
+
+try:  # grpcio-health-checking ships an asyncio servicer on Python 3; fall back to the threaded one.
+    from grpc_health.v1.health import aio as _health_aio
+
+    _HealthServicer: Any = _health_aio.HealthServicer
+    _ASYNC_HEALTH = True
+except (ImportError, AttributeError):  # pragma: no cover - depends on the installed grpcio-health-checking
+    _HealthServicer = health.HealthServicer
+    _ASYNC_HEALTH = False
+
+
+@dataclass(slots=True)
+class GrpcServer:
+    """A started gRPC server: ``port`` is the bound port (the real one when 0 was asked for)."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health HealthServicer (asyncio or threaded flavour)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server and the inference service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_NAMES:
+            if _ASYNC_HEALTH:
+                await self.health.set(name, status)
+            else:  # pragma: no cover
+                self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING for good, then stop taking calls; running ones get `grace` seconds."""
+        if _ASYNC_HEALTH:
+            await self.health.enter_graceful_shutdown()
+        else:  # pragma: no cover
+            self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def set_health(handle: GrpcServer, serving: bool) -> None:
+    """Module-level form of ``GrpcServer.set_serving`` for the composition root."""
+    await handle.set_serving(serving)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def start_grpc_server(
+    service: InferenceService, host: str, port: int, limits: Limits, reuse_port: bool = False
+) -> GrpcServer:
+    """Start serving on host:port (0 = an ephemeral port); health starts as ``service.ready()`` says."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limits.max_body_bytes),
+            ("grpc.max_send_message_length", limits.max_body_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+    health_servicer = _HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    address = _address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"gRPC server cannot listen on {address}: {exc}") from None
+    if not bound:
+        raise OSError(f"gRPC server cannot listen on {address}")
+    handle = GrpcServer(server, bound, health_servicer)
+    await handle.set_serving(service.ready())
+    await server.start()
+    return handle

@@ -1,0 +1,177 @@
+"""The GRPCInferenceService handlers: translate with the codec, call InferenceService, render, map errors.
+
+Rules of this module:
+- Thin: no protocol logic beyond reading metadata; every conversion lives in ``codec``, every error mapping
+  in ``status``.
+- The inference path does no logging and no work that could be done once (per server or per stream).
+- ModelStreamInfer serves the requests of one stream concurrently (at most ``STREAM_IN_FLIGHT`` admitted
+  and not yet written) and has exactly one writer; a failed request is answered in-band and the stream
+  goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from gateway.grpc import codec
+from gateway.grpc.generated import grpc_service_pb2 as pb
+from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.grpc.status import abort, error_message
+from gateway.service import InferenceService
+from gateway.settings import Limits
+from runtime.errors import Unsupported
+
+ROUTING_KEY_METADATA = "x-routing-key"
+# Requests of one stream admitted (being served, or answered and waiting to be written) at a time.
+STREAM_IN_FLIGHT = 256
+# tritonclient's stream flag for decoupled models: it wants each response marked final.
+_EMPTY_FINAL = "triton_enable_empty_final_response"
+_FINAL = "triton_final_response"
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Handler = Callable[[Any, _Req, Any], Awaitable[_Resp]]
+
+
+def routing_key_of(context: Any) -> str | None:
+    """The x-routing-key metadata value, if the client sent one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _errors_to_status(handler: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
+    """Turn any exception of a unary handler into the RPC's status (see gateway.grpc.status)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: _Req, context: Any) -> _Resp:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService, limits: Limits) -> None:
+        self._service = service
+        self._limits = limits
+
+    # ---------------------------------------------------------------- health and metadata
+
+    @_errors_to_status
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._service.live())
+
+    @_errors_to_status
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.ready())
+
+    @_errors_to_status
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+
+    @_errors_to_status
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return codec.server_metadata_response(*self._service.server_metadata())
+
+    @_errors_to_status
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        return codec.model_metadata_response(self._service.model_metadata(request.name, request.version))
+
+    @_errors_to_status
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return codec.model_config_response(self._service.model_config(request.name, request.version))
+
+    @_errors_to_status
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        return codec.model_statistics_response(self._service.model_statistics(request.name, request.version))
+
+    # ---------------------------------------------------------------- inference
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        try:
+            decoded = codec.decode_infer_request(request, routing_key_of(context), self._limits)
+            return codec.encode_infer_response(await self._service.infer(decoded))
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> None:
+        service, limits = self._service, self._limits
+        routing_key = routing_key_of(context)
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(msg: pb.ModelInferRequest) -> None:
+            try:
+                decoded = codec.decode_infer_request(msg, routing_key, limits)
+                response = codec.encode_infer_response(await service.infer(decoded))
+                if decoded.parameters and decoded.parameters.get(_EMPTY_FINAL) is True:
+                    response.parameters[_FINAL].bool_param = True
+                item = pb.ModelStreamInferResponse(infer_response=response)
+            except Exception as exc:
+                failed = pb.ModelInferResponse(
+                    model_name=msg.model_name, model_version=msg.model_version, id=msg.id
+                )
+                item = pb.ModelStreamInferResponse(error_message=error_message(exc), infer_response=failed)
+            results.put_nowait(item)
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    await slots.acquire()  # before the task exists: a fast client cannot outrun the bound
+                    task = asyncio.create_task(serve(msg))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:  # the client half-closed: finish what it sent
+                    await asyncio.wait(tuple(tasks))
+            finally:
+                results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                await context.write(item)
+                slots.release()
+            await reader  # re-raises a failure to read the stream
+        finally:
+            reader.cancel()
+            for task in tuple(tasks):
+                task.cancel()
+
+    # ---------------------------------------------------------------- repository
+
+    @_errors_to_status
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        return codec.repository_index_response(self._service.repository_index(request.ready))
+
+    @_errors_to_status
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        for key in request.parameters:
+            if key == "config" or key.startswith("file:"):
+                raise Unsupported(f"load parameter '{key}' (config override or model files) is not supported")
+        await self._service.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_errors_to_status
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,1 @@
+"""Records: Prometheus metrics, per-version latency, sampled payloads."""

@@ -1,0 +1,218 @@
+"""Shadow traffic: mirrored requests whose answers are compared, never returned.
+
+Rules of this module:
+- The client's path pays one random draw and one ``put_nowait``; it never awaits shadow work. When the
+  queue is full the copy is dropped and counted.
+- Shadow runs use their own executor and a concurrency budget, so a slow or hung shadow can occupy only
+  its own lane. A run slower than the timeout is counted as timed out and its late answer ignored; its
+  slot is freed only when its thread really finishes, so a hung shadow can never pile up threads.
+- Shadow failures and timeouts are counted, never surfaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.model import ModelVersion
+
+log = logging.getLogger("onnxgate.shadow")
+
+PairKey = tuple[
+    str, str, str, str, str
+]  # endpoint, served model, served version, shadow model, shadow version
+
+
+@dataclass(slots=True)
+class OutputComparison:
+    """Running comparison of one output tensor between served and shadow answers."""
+
+    compared: int = 0  # answers compared
+    mismatched: int = 0  # shapes or datatypes differ: no numeric comparison possible
+    max_abs_diff: float = 0.0  # the largest element difference seen
+    sum_mean_abs_diff: float = 0.0  # sum over answers of the mean element difference
+    argmax_rows: int = 0  # rows compared on the class axis
+    argmax_agree: int = 0  # rows whose argmax is the same
+
+    @property
+    def mean_abs_diff(self) -> float:
+        n = self.compared - self.mismatched
+        return self.sum_mean_abs_diff / n if n else 0.0
+
+    @property
+    def argmax_agreement(self) -> float | None:
+        return self.argmax_agree / self.argmax_rows if self.argmax_rows else None
+
+
+@dataclass(slots=True)
+class PairComparison:
+    outputs: dict[str, OutputComparison] = field(default_factory=dict)
+    compared: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputDiff:
+    """One answer's difference on one output (what observers such as metrics receive)."""
+
+    name: str
+    comparable: bool
+    max_abs: float
+    mean_abs: float
+    argmax_rows: int
+    argmax_agree: int
+
+
+def compare_output(name: str, served: np.ndarray, shadow: np.ndarray) -> OutputDiff:
+    if served.shape != shadow.shape or (served.dtype.kind == "O") != (shadow.dtype.kind == "O"):
+        return OutputDiff(name, False, 0.0, 0.0, 0, 0)
+    if served.dtype.kind == "O":
+        equal = float(np.mean(served == shadow)) if served.size else 1.0
+        return OutputDiff(name, True, 1.0 - equal if equal < 1 else 0.0, 1.0 - equal, 0, 0)
+    if served.size == 0:
+        return OutputDiff(name, True, 0.0, 0.0, 0, 0)
+    diff = np.abs(served.astype(np.float64) - shadow.astype(np.float64))
+    rows = agree = 0
+    if served.ndim >= 2 and served.shape[-1] > 1:  # a class axis: compare the predicted class per row
+        same = served.argmax(axis=-1) == shadow.argmax(axis=-1)
+        rows, agree = int(same.size), int(np.count_nonzero(same))
+    return OutputDiff(name, True, float(diff.max()), float(diff.mean()), rows, agree)
+
+
+@dataclass(slots=True)
+class ShadowCounters:
+    queued: int = 0
+    dropped: int = 0  # queue full
+    failed: int = 0  # the shadow raised (bad inputs for it, a runtime error)
+    timed_out: int = 0
+    compared: int = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    endpoint: str
+    served: ModelVersion
+    shadow: ModelVersion
+    feeds: Mapping[str, np.ndarray]
+    answer: Sequence[tuple[str, np.ndarray]]
+    started: float = 0.0
+    abandoned: bool = False
+
+
+Observer = Callable[[PairKey, Sequence[OutputDiff]], None]
+
+
+class ShadowDispatcher:
+    def __init__(self, queue_size: int, concurrency: int, timeout_s: float) -> None:
+        self.counters = ShadowCounters()
+        self.pairs: dict[PairKey, PairComparison] = {}
+        self.observers: list[Observer] = []
+        self._queue_size = queue_size
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._concurrency = concurrency
+        self._timeout = timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="onnxgate-shadow")
+        self._pump: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue(self._queue_size)
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._pump = asyncio.create_task(self._pump_jobs(), name="onnxgate-shadow-pump")
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def offer(
+        self,
+        endpoint: str,
+        served: ModelVersion,
+        shadow: ModelVersion,
+        feeds: Mapping[str, np.ndarray],
+        answer: Sequence[tuple[str, np.ndarray]],
+    ) -> None:
+        """Queue a copy of a served request for the shadow; never blocks, drops when full."""
+        queue = self._queue
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(_Job(endpoint, served, shadow, feeds, answer))
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+            return
+        self.counters.queued += 1
+
+    async def _pump_jobs(self) -> None:
+        assert self._queue is not None and self._slots is not None
+        queue, slots = self._queue, self._slots
+        while True:
+            job = await queue.get()
+            await slots.acquire()
+            job.started = time.monotonic()
+            task = asyncio.create_task(self._run(job))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+            asyncio.get_running_loop().call_later(self._timeout, self._check_timeout, job, task)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+
+    def _check_timeout(self, job: _Job, task: asyncio.Task[None]) -> None:
+        if not task.done():
+            job.abandoned = True
+            self.counters.timed_out += 1
+
+    async def _run(self, job: _Job) -> None:
+        names = [n for n, _ in job.answer]
+        try:
+            result = await job.shadow.infer(job.feeds, names, executor=self._executor)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if not job.abandoned:
+                self.counters.failed += 1
+            return
+        if job.abandoned:
+            return
+        shadow_out = dict(result)
+        diffs = [compare_output(n, a, shadow_out[n]) for n, a in job.answer if n in shadow_out]
+        self._record(job, diffs)
+
+    def _record(self, job: _Job, diffs: Sequence[OutputDiff]) -> None:
+        key: PairKey = (
+            job.endpoint,
+            job.served.name,
+            job.served.version_str,
+            job.shadow.name,
+            job.shadow.version_str,
+        )
+        pair = self.pairs.get(key)
+        if pair is None:
+            pair = self.pairs[key] = PairComparison()
+        pair.compared += 1
+        self.counters.compared += 1
+        for d in diffs:
+            acc = pair.outputs.get(d.name)
+            if acc is None:
+                acc = pair.outputs[d.name] = OutputComparison()
+            acc.compared += 1
+            if not d.comparable:
+                acc.mismatched += 1
+                continue
+            acc.max_abs_diff = max(acc.max_abs_diff, d.max_abs)
+            acc.sum_mean_abs_diff += d.mean_abs
+            acc.argmax_rows += d.argmax_rows
+            acc.argmax_agree += d.argmax_agree
+        for observer in self.observers:
+            observer(key, diffs)
