@@ -17,10 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.grpc.server import GrpcServer, start_grpc_server
 from gateway.http.app import create_http_app
+from gateway.observability.metrics import SnapshotCollector
 from gateway.observability.metrics_server import create_metrics_app
 from gateway.routing.router import Router
 from gateway.routing.shadow import ShadowDispatcher
@@ -81,6 +85,10 @@ class Gateway:
         self.service = InferenceService(
             self.repository, self.router, __version__, settings.model_control, self.shadow
         )
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(SnapshotCollector(self.service.snapshot))
         self._runners: list[web.AppRunner] = []
         self._grpc: GrpcServer | None = None
         self.ports: BoundPorts | None = None
@@ -95,7 +103,9 @@ class Gateway:
         )
         self._runners.append(http_runner)
         self._grpc = await start_grpc_server(self.service, s.host, s.grpc_port, s.limits, reuse_port=reuse)
-        metrics_runner, metrics_port = await _start_site(create_metrics_app(), s.host, s.metrics_port, reuse)
+        metrics_runner, metrics_port = await _start_site(
+            create_metrics_app(self.registry), s.host, s.metrics_port, reuse
+        )
         self._runners.append(metrics_runner)
         self.service.started = True
         await self._grpc.set_serving(self.service.ready())

@@ -8,14 +8,17 @@ runtime executes it. Views returned here are plain data for the codecs to render
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.observability.records import Recorder
 from gateway.routing.roles import Role
 from gateway.routing.router import Router
 from gateway.routing.shadow import ShadowDispatcher
 from gateway.types import InferOutput, InferRequest, InferResponse
 from runtime.config import BatchingConfig, VersionPolicy
-from runtime.errors import InvalidArgument, NotFound, Unsupported
+from runtime.errors import ErrorCode, InvalidArgument, NotFound, ServingError, Unsupported
 from runtime.model import BACKEND, PLATFORM, ModelVersion, TensorSpec, VersionStats
 from runtime.repository import IndexRow, ModelRepository, parse_version
 
@@ -81,6 +84,7 @@ class InferenceService:
         self.repository = repository
         self.router = router
         self.shadow = shadow
+        self.recorder = Recorder()
         self._random = random.random
         self.version = version
         self.model_control = model_control
@@ -162,15 +166,34 @@ class InferenceService:
     # ---------------------------------------------------------------- inference
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        mv, role, route = self.router.choose(request)
-        feeds = {}
-        for tensor in request.inputs:
-            if tensor.name in feeds:
-                raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
-            feeds[tensor.name] = tensor.data
-        requested = request.outputs
-        names = [o.name for o in requested] if requested else None
-        arrays = await mv.infer(feeds, names)
+        t0 = time.perf_counter_ns()
+        recorder = self.recorder
+        try:
+            mv, role, route = self.router.choose(request)
+        except ServingError as exc:
+            recorder.observe_unrouted(request.protocol, exc.code.value)
+            raise
+        series = recorder.get((route.endpoint, mv.name, mv.version_str, role))
+        recorder.in_flight += 1
+        try:
+            feeds = {}
+            for tensor in request.inputs:
+                if tensor.name in feeds:
+                    raise InvalidArgument(f"input '{tensor.name}' appears more than once in the request")
+                feeds[tensor.name] = tensor.data
+            requested = request.outputs
+            execution = await mv.infer(feeds, [o.name for o in requested] if requested else None)
+        except ServingError as exc:
+            series.observe(request.protocol, exc.code.value, (time.perf_counter_ns() - t0) // 1000, 0, 0)
+            raise
+        except BaseException:  # cancelled by the client, or a bug (the front end reports it as INTERNAL)
+            series.observe(
+                request.protocol, ErrorCode.CANCELLED.value, (time.perf_counter_ns() - t0) // 1000, 0, 0
+            )
+            raise
+        finally:
+            recorder.in_flight -= 1
+        arrays = execution.outputs
         if (
             route.shadow is not None
             and role is not Role.PINNED
@@ -186,7 +209,31 @@ class InferenceService:
             ]
         else:
             outputs = [InferOutput(n, specs[n].datatype.name, a.shape, a) for n, a in arrays]
+        series.observe(
+            request.protocol,
+            "OK",
+            (time.perf_counter_ns() - t0) // 1000,
+            execution.queue_ns // 1000,
+            execution.compute_ns // 1000,
+        )
         return InferResponse(request.model_name, mv.version_str, request.id, outputs)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the records expose, as plain data (see gateway.observability.metrics)."""
+        records = self.recorder.snapshot()
+        models = []
+        for name in self.repository.names():
+            entry = self.repository.entry(name)
+            if entry is None:
+                continue
+            for v, mv in entry.versions.items():
+                models.append((name, str(v), "READY"))
+                records["batch_sizes"][(name, str(v))] = {b: st.count for b, st in mv.stats.batches.items()}
+            for v in entry.failed:
+                if v not in entry.versions:
+                    models.append((name, str(v), "UNAVAILABLE"))
+        shadow = self.shadow.snapshot() if self.shadow is not None else {"counters": {}, "pairs": {}}
+        return {"records": records, "shadow": shadow, "models": models}
 
     # ---------------------------------------------------------------- repository
 

@@ -47,6 +47,16 @@ class QueueFull(Unavailable):
 
 
 @dataclass(slots=True)
+class Execution:
+    """What one request got: its outputs (name, array) in the order asked for, and where its time went."""
+
+    outputs: list[tuple[str, np.ndarray]]
+    queue_ns: int
+    compute_ns: int
+    batch_size: int
+
+
+@dataclass(slots=True)
 class BatchStats:
     count: int = 0
     compute_input_ns: int = 0
@@ -285,8 +295,8 @@ class ModelVersion:
         feeds: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None,
         executor: Executor | None = None,
-    ) -> list[tuple[str, np.ndarray]]:
-        """Run one request; returns (name, array) for each requested output, in the order asked for.
+    ) -> Execution:
+        """Run one request; the outputs are (name, array) for each requested output, in the order asked for.
 
         `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool.
         """
@@ -341,4 +351,4 @@ class ModelVersion:
         b.compute_input_ns += input_ns
         b.compute_infer_ns += infer_ns
         b.compute_output_ns += output_ns
-        return result
+        return Execution(result, queue_ns, infer_ns, batch)

@@ -1,17 +1,15 @@
-"""The metrics listener: Prometheus exposition of the process registry on its own port."""
+"""The metrics listener: Prometheus exposition of the gateway's registry on its own port."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-async def _metrics(_request: web.Request) -> web.Response:
-    body = generate_latest(REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-
-def create_metrics_app() -> web.Application:
     app = web.Application()
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -12,11 +12,14 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import bisect
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +27,10 @@ from runtime.model import ModelVersion
 
 log = logging.getLogger("onnxgate.shadow")
 
-PairKey = tuple[
-    str, str, str, str, str
-]  # endpoint, served model, served version, shadow model, shadow version
+# endpoint, served model, served version, shadow model, shadow version
+PairKey = tuple[str, str, str, str, str]
+# Upper bounds for the per-answer difference histograms (absolute units of the output).
+DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 
 @dataclass(slots=True)
@@ -39,6 +43,10 @@ class OutputComparison:
     sum_mean_abs_diff: float = 0.0  # sum over answers of the mean element difference
     argmax_rows: int = 0  # rows compared on the class axis
     argmax_agree: int = 0  # rows whose argmax is the same
+    sum_max_abs_diff: float = 0.0
+    # per-answer max / mean difference, counted in DIFF_BUCKETS (last slot: above the top bound)
+    max_abs_buckets: list[int] = field(default_factory=lambda: [0] * (len(DIFF_BUCKETS) + 1))
+    mean_abs_buckets: list[int] = field(default_factory=lambda: [0] * (len(DIFF_BUCKETS) + 1))
 
     @property
     def mean_abs_diff(self) -> float:
@@ -100,6 +108,7 @@ class _Job:
     shadow: ModelVersion
     feeds: Mapping[str, np.ndarray]
     answer: Sequence[tuple[str, np.ndarray]]
+    counters: ShadowCounters
     started: float = 0.0
     abandoned: bool = False
 
@@ -109,7 +118,7 @@ Observer = Callable[[PairKey, Sequence[OutputDiff]], None]
 
 class ShadowDispatcher:
     def __init__(self, queue_size: int, concurrency: int, timeout_s: float) -> None:
-        self.counters = ShadowCounters()
+        self.counters: dict[str, ShadowCounters] = {}  # per endpoint
         self.pairs: dict[PairKey, PairComparison] = {}
         self.observers: list[Observer] = []
         self._queue_size = queue_size
@@ -144,12 +153,15 @@ class ShadowDispatcher:
         queue = self._queue
         if queue is None:
             return
+        counters = self.counters.get(endpoint)
+        if counters is None:
+            counters = self.counters[endpoint] = ShadowCounters()
         try:
-            queue.put_nowait(_Job(endpoint, served, shadow, feeds, answer))
+            queue.put_nowait(_Job(endpoint, served, shadow, feeds, answer, counters))
         except asyncio.QueueFull:
-            self.counters.dropped += 1
+            counters.dropped += 1
             return
-        self.counters.queued += 1
+        counters.queued += 1
 
     async def _pump_jobs(self) -> None:
         assert self._queue is not None and self._slots is not None
@@ -171,7 +183,7 @@ class ShadowDispatcher:
     def _check_timeout(self, job: _Job, task: asyncio.Task[None]) -> None:
         if not task.done():
             job.abandoned = True
-            self.counters.timed_out += 1
+            job.counters.timed_out += 1
 
     async def _run(self, job: _Job) -> None:
         names = [n for n, _ in job.answer]
@@ -181,11 +193,11 @@ class ShadowDispatcher:
             raise
         except Exception:
             if not job.abandoned:
-                self.counters.failed += 1
+                job.counters.failed += 1
             return
         if job.abandoned:
             return
-        shadow_out = dict(result)
+        shadow_out = dict(result.outputs)
         diffs = [compare_output(n, a, shadow_out[n]) for n, a in job.answer if n in shadow_out]
         self._record(job, diffs)
 
@@ -201,7 +213,7 @@ class ShadowDispatcher:
         if pair is None:
             pair = self.pairs[key] = PairComparison()
         pair.compared += 1
-        self.counters.compared += 1
+        job.counters.compared += 1
         for d in diffs:
             acc = pair.outputs.get(d.name)
             if acc is None:
@@ -212,7 +224,50 @@ class ShadowDispatcher:
                 continue
             acc.max_abs_diff = max(acc.max_abs_diff, d.max_abs)
             acc.sum_mean_abs_diff += d.mean_abs
+            acc.sum_max_abs_diff += d.max_abs
+            acc.max_abs_buckets[bisect.bisect_left(DIFF_BUCKETS, d.max_abs)] += 1
+            acc.mean_abs_buckets[bisect.bisect_left(DIFF_BUCKETS, d.mean_abs)] += 1
             acc.argmax_rows += d.argmax_rows
             acc.argmax_agree += d.argmax_agree
         for observer in self.observers:
             observer(key, diffs)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for metrics and the stats API (summed across workers by the supervisor)."""
+        return {
+            "counters": {e: dataclasses.asdict(c) for e, c in self.counters.items()},
+            "pairs": {
+                k: {
+                    "compared": p.compared,
+                    "outputs": {n: dataclasses.asdict(o) for n, o in p.outputs.items()},
+                }
+                for k, p in self.pairs.items()
+            },
+        }
+
+
+def merge_shadow_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"counters": {}, "pairs": {}}
+    for snap in snapshots:
+        for endpoint, c in snap["counters"].items():
+            have = out["counters"].setdefault(endpoint, dict.fromkeys(c, 0))
+            for k, v in c.items():
+                have[k] += v
+        for key, pair in snap["pairs"].items():
+            have_pair = out["pairs"].setdefault(key, {"compared": 0, "outputs": {}})
+            have_pair["compared"] += pair["compared"]
+            for name, o in pair["outputs"].items():
+                h = have_pair["outputs"].get(name)
+                if h is None:
+                    have_pair["outputs"][name] = {
+                        k: (list(v) if isinstance(v, list) else v) for k, v in o.items()
+                    }
+                    continue
+                for k, v in o.items():
+                    if k == "max_abs_diff":
+                        h[k] = max(h[k], v)
+                    elif isinstance(v, list):
+                        h[k] = [a + b for a, b in zip(h[k], v, strict=True)]
+                    else:
+                        h[k] += v
+    return out
