@@ -23,8 +23,9 @@ install-test: $(VENV)/.installed-test
 serve: install                       ## run the gateway on the demo repository
 	$(BIN)/onnxgate serve $(ARGS)
 
-test: install-test                   ## run the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install-test                   ## run the whole test suite (two processes: see tests/own_proto/README.md)
+	$(BIN)/python -m pytest tests --ignore=tests/own_proto $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/own_proto $(PYTEST_ARGS)
 
 check: install-test lint typecheck   ## lint, types, and generated code up to date
 	$(BIN)/python scripts/gen_proto.py --check

@@ -22,6 +22,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
+from gateway.control.api import create_control_app
+from gateway.control.auth import Authenticator
+from gateway.control.controller import EndpointController
+from gateway.control.store import StateStore
 from gateway.grpc.server import GrpcServer, start_grpc_server
 from gateway.http.app import create_http_app
 from gateway.observability.metrics import SnapshotCollector
@@ -42,6 +46,7 @@ class BoundPorts:
     http: int
     grpc: int
     metrics: int
+    control: int
 
 
 def endpoint_spec(e: EndpointSettings) -> EndpointSpec:
@@ -85,6 +90,10 @@ class Gateway:
         self.service = InferenceService(
             self.repository, self.router, __version__, settings.model_control, self.shadow
         )
+        # Raises SettingsError for a non-loopback control listener without tokens, or a bad tokens file.
+        self.auth = Authenticator.from_settings(settings)
+        self.controller = EndpointController(self.router, self.repository, StateStore(settings.state_dir))
+        self.controller.listeners.append(self.service.recorder.observe_control)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -96,6 +105,8 @@ class Gateway:
     async def start(self) -> BoundPorts:
         s = self.settings
         await self.repository.load_all()
+        # Persisted routing state wins over gateway.toml; an unreadable state file stops start-up here.
+        await self.controller.startup({e.name: endpoint_spec(e) for e in s.endpoints})
         self.shadow.start()
         reuse = s.workers > 1
         http_runner, http_port = await _start_site(
@@ -107,9 +118,13 @@ class Gateway:
             create_metrics_app(self.registry), s.host, s.metrics_port, reuse
         )
         self._runners.append(metrics_runner)
+        control_runner, control_port = await _start_site(
+            create_control_app(self.controller, self.auth), s.control_host or s.host, s.control_port, False
+        )
+        self._runners.append(control_runner)
         self.service.started = True
         await self._grpc.set_serving(self.service.ready())
-        self.ports = BoundPorts(s.host, http_port, self._grpc.port, metrics_port)
+        self.ports = BoundPorts(s.host, http_port, self._grpc.port, metrics_port, control_port)
         return self.ports
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -138,7 +153,7 @@ async def serve(settings: Settings, ports_file: Path | None = None) -> None:
         tmp.write_text(line)
         tmp.replace(ports_file)
     log.info(
-        "onnxgate %s ready: http=%s:%d grpc=%s:%d metrics=%s:%d",
+        "onnxgate %s ready: http=%s:%d grpc=%s:%d metrics=%s:%d control=%s:%d",
         __version__,
         ports.host,
         ports.http,
@@ -146,6 +161,8 @@ async def serve(settings: Settings, ports_file: Path | None = None) -> None:
         ports.grpc,
         ports.host,
         ports.metrics,
+        settings.control_host or ports.host,
+        ports.control,
     )
     await stop.wait()
     log.info("shutting down")

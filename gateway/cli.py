@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.ctl import configure_parser as configure_ctl_parser
+from gateway.ctl import run as run_ctl
 from gateway.settings import SettingsError, load_settings
 
 
@@ -47,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     serve.add_argument("--ports-file", type=Path, help="write the bound ports as JSON here once ready")
+
+    ctl = sub.add_parser("ctl", help="read and change endpoint routing through the control API")
+    configure_ctl_parser(ctl)
     return parser
 
 
@@ -99,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return _serve(args)
+        if args.command == "ctl":
+            return run_ctl(args)
     except SettingsError as exc:
         print(f"onnxgate: {exc}", file=sys.stderr)
         return 2

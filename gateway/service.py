@@ -250,8 +250,9 @@ class InferenceService:
     async def load_model(self, name: str) -> None:
         self._check_model_control()
         entry = await self.repository.load(name)
-        if not entry.versions:
-            raise InvalidArgument(f"failed to load '{name}': {entry.reason}")
+        if entry.failed or not entry.versions:
+            kept = f"; still serving version(s) {sorted(entry.versions)}" if entry.versions else ""
+            raise InvalidArgument(f"failed to load '{name}': {entry.reason}{kept}")
 
     async def unload_model(self, name: str) -> None:
         self._check_model_control()

@@ -69,6 +69,8 @@ class ModelConfig:
     outputs: tuple[TensorOverride, ...] = ()
     dynamic_batching: BatchingConfig | None = None
     max_queue_size: int = 1024  # admission bound per version, with or without batching
+    # Versions whose warm-up run is faster than this run on the event loop thread (0: always a thread).
+    inline_threshold_us: int = 50
 
     @property
     def cuda_device_id(self) -> int | None:
@@ -179,4 +181,5 @@ def load_model_config(folder: Path) -> ModelConfig:
         outputs=_tensors(f, "outputs"),
         dynamic_batching=batching,
         max_queue_size=f.int("max_queue_size", 1024, minimum=1) or 1024,
+        inline_threshold_us=f.int("inline_threshold_us", 50) or 0,
     )
