@@ -8,13 +8,16 @@ requests finish within the grace period, and only then do the executors go away.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,12 +29,15 @@ from gateway.control.api import create_control_app
 from gateway.control.auth import Authenticator
 from gateway.control.controller import EndpointController
 from gateway.control.store import StateStore
+from gateway.fleet.supervisor import Fleet, reserve_port
 from gateway.grpc.server import GrpcServer, start_grpc_server
 from gateway.http.app import create_http_app
 from gateway.observability.metrics import SnapshotCollector
 from gateway.observability.metrics_server import create_metrics_app
+from gateway.observability.records import merge_snapshots
+from gateway.observability.sampling import SampleSink, SamplingPolicy, SinkSettings
 from gateway.routing.router import Router
-from gateway.routing.shadow import ShadowDispatcher
+from gateway.routing.shadow import ShadowDispatcher, merge_shadow_snapshots
 from gateway.routing.table import EndpointSpec, Target
 from gateway.service import InferenceService
 from gateway.settings import EndpointSettings, Settings, SettingsError
@@ -75,13 +81,25 @@ async def _start_site(
     return runner, bound
 
 
+class ProcessRole(enum.Enum):
+    SINGLE = "single"  # everything in one process (--workers 1)
+    SUPERVISOR = "supervisor"  # control plane and metrics; starts and feeds the workers
+    WORKER = "worker"  # inference front ends on shared ports; routing pushed by the supervisor
+
+
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    """One process of the gateway; which listeners it opens depends on its role."""
+
+    def __init__(
+        self, settings: Settings, role: ProcessRole = ProcessRole.SINGLE, worker_index: int = 0
+    ) -> None:
         if settings.model_repository is None:
             raise SettingsError("no model repository: pass --model-repository DIR or --config FILE")
         self.settings = settings
+        self.role = role
         threads = settings.inference_threads or os.cpu_count() or 2
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxgate-infer")
+        # The supervisor opens the models too: control changes are validated against the same files.
         self.repository = ModelRepository(settings.model_repository, self.executor)
         self.router = Router(self.repository, {e.name: endpoint_spec(e) for e in settings.endpoints})
         self.shadow = ShadowDispatcher(
@@ -90,58 +108,163 @@ class Gateway:
         self.service = InferenceService(
             self.repository, self.router, __version__, settings.model_control, self.shadow
         )
-        # Raises SettingsError for a non-loopback control listener without tokens, or a bad tokens file.
-        self.auth = Authenticator.from_settings(settings)
-        self.controller = EndpointController(self.router, self.repository, StateStore(settings.state_dir))
-        self.controller.listeners.append(self.service.recorder.observe_control)
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        self.registry.register(SnapshotCollector(self.service.snapshot))
+        self.sink: SampleSink | None = None
+        if role is not ProcessRole.SUPERVISOR:
+            self.sink = self._sampling(settings, worker_index if role is ProcessRole.WORKER else None)
+        self.controller: EndpointController | None = None
+        self.fleet: Fleet | None = None
+        self._reserved: list[socket.socket] = []
+        if role is not ProcessRole.WORKER:
+            # Raises SettingsError for a non-loopback control listener without tokens, or a bad tokens file.
+            self.auth = Authenticator.from_settings(settings)
+            self.controller = EndpointController(self.router, self.repository, StateStore(settings.state_dir))
+            self.controller.listeners.append(self.service.recorder.observe_control)
+            self.registry = CollectorRegistry()
+            ProcessCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+            self._scraped: dict[str, Any] = {}
+            self.registry.register(SnapshotCollector(lambda: self._scraped))
         self._runners: list[web.AppRunner] = []
         self._grpc: GrpcServer | None = None
         self.ports: BoundPorts | None = None
 
-    async def start(self) -> BoundPorts:
+    def _sampling(self, settings: Settings, worker: int | None) -> SampleSink:
+        cfg = settings.sampling
+        sink = SampleSink(
+            SinkSettings(
+                directory=cfg.directory or settings.state_dir / "samples",
+                queue_size=cfg.queue_size,
+                max_file_bytes=cfg.max_file_bytes,
+                max_file_age_s=cfg.max_file_age_s,
+                retention_bytes=cfg.retention_bytes,
+                retention_age_s=cfg.retention_age_s,
+                file_prefix="samples" if worker is None else f"samples-w{worker}",
+            )
+        )
+        sensitive = frozenset(cfg.sensitive_inputs)
+        default = SamplingPolicy(cfg.rate, cfg.errors, sensitive)
+        per_endpoint = {
+            e.name: SamplingPolicy(e.sample_rate, cfg.errors, sensitive)
+            for e in settings.endpoints
+            if e.sample_rate is not None
+        }
+        self.service.set_sampling(sink, default, per_endpoint)
+        return sink
+
+    async def start(self, initial_specs: dict[str, EndpointSpec] | None = None) -> BoundPorts:
         s = self.settings
         await self.repository.load_all()
-        # Persisted routing state wins over gateway.toml; an unreadable state file stops start-up here.
-        await self.controller.startup({e.name: endpoint_spec(e) for e in s.endpoints})
-        self.shadow.start()
-        reuse = s.workers > 1
-        http_runner, http_port = await _start_site(
-            create_http_app(self.service, s.limits), s.host, s.http_port, reuse
-        )
-        self._runners.append(http_runner)
-        self._grpc = await start_grpc_server(self.service, s.host, s.grpc_port, s.limits, reuse_port=reuse)
-        metrics_runner, metrics_port = await _start_site(
-            create_metrics_app(self.registry), s.host, s.metrics_port, reuse
-        )
-        self._runners.append(metrics_runner)
-        control_runner, control_port = await _start_site(
-            create_control_app(self.controller, self.auth), s.control_host or s.host, s.control_port, False
-        )
-        self._runners.append(control_runner)
+        if self.controller is not None:
+            # Persisted routing state wins over gateway.toml; an unreadable state file stops start-up here.
+            await self.controller.startup({e.name: endpoint_spec(e) for e in s.endpoints})
+        elif initial_specs is not None:
+            self.router.rebuild(initial_specs)
+        http_port, grpc_port, metrics_port, control_port = s.http_port, s.grpc_port, 0, 0
+        if self.role is ProcessRole.SUPERVISOR:
+            http_port, grpc_port = await self._start_fleet()
+        else:
+            self.shadow.start()
+            assert self.sink is not None
+            self.sink.start()
+            reuse = self.role is ProcessRole.WORKER
+            http_runner, http_port = await _start_site(
+                create_http_app(self.service, s.limits), s.host, s.http_port, reuse
+            )
+            self._runners.append(http_runner)
+            self._grpc = await start_grpc_server(
+                self.service, s.host, s.grpc_port, s.limits, reuse_port=reuse
+            )
+            grpc_port = self._grpc.port
+        if self.controller is not None:
+            metrics_runner, metrics_port = await _start_site(
+                create_metrics_app(self.registry, self._refresh_metrics), s.host, s.metrics_port, False
+            )
+            self._runners.append(metrics_runner)
+            control_runner, control_port = await _start_site(
+                create_control_app(
+                    self.controller, self.auth, snapshot_source=self._snapshot, samples_source=self._samples
+                ),
+                s.control_host or s.host,
+                s.control_port,
+                False,
+            )
+            self._runners.append(control_runner)
         self.service.started = True
-        await self._grpc.set_serving(self.service.ready())
-        self.ports = BoundPorts(s.host, http_port, self._grpc.port, metrics_port, control_port)
+        if self._grpc is not None:
+            await self._grpc.set_serving(self.service.ready())
+        self.ports = BoundPorts(s.host, http_port, grpc_port, metrics_port, control_port)
         return self.ports
+
+    async def _start_fleet(self) -> tuple[int, int]:
+        s = self.settings
+        http_sock, http_port = reserve_port(s.host, s.http_port)
+        grpc_sock, grpc_port = reserve_port(s.host, s.grpc_port)
+        self._reserved = [http_sock, grpc_sock]
+        self.fleet = Fleet(s, http_port, grpc_port, lambda: dict(self.router.specs))
+        assert self.controller is not None
+        self.controller.propagate = self.fleet.apply_specs
+        self.controller.propagate_model = self._propagate_model
+        await self.fleet.start()
+        for sock in self._reserved:  # the workers listen on the ports now
+            sock.close()
+        self._reserved = []
+        return http_port, grpc_port
+
+    async def _propagate_model(self, action: str, name: str) -> None:
+        assert self.fleet is not None
+        await self.fleet.call_all(action, name, timeout=600)
+
+    async def _snapshot(self) -> dict[str, Any]:
+        """This process's records, or with workers the sum of theirs (the supervisor serves no traffic)."""
+        own = self.service.snapshot()
+        if self.fleet is None:
+            return own
+        theirs = await self.fleet.call_all("snapshot")
+        records = merge_snapshots([t["records"] for t in theirs] or [own["records"]])
+        records["control_changes"] = own["records"]["control_changes"]
+        samples = {k: sum(t["samples"][k] for t in theirs) for k in own["samples"]}
+        shadow = merge_shadow_snapshots([t["shadow"] for t in theirs] or [own["shadow"]])
+        return {"records": records, "shadow": shadow, "models": own["models"], "samples": samples}
+
+    async def _refresh_metrics(self) -> None:
+        self._scraped = await self._snapshot()
+
+    async def _samples(
+        self, endpoint: str, version: str | None, role: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        if self.fleet is None:
+            return self.service.recent_samples(endpoint, version, role, limit)
+        found: list[dict[str, Any]] = []
+        for part in await self.fleet.call_all("samples", (endpoint, version, role, limit)):
+            found.extend(part)
+        found.sort(key=lambda r: r.get("time", 0), reverse=True)
+        return found[:limit]
+
+    def recent_samples(
+        self, endpoint: str, version: str | None, role: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return self.service.recent_samples(endpoint, version, role, limit)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish within `grace_s`, then release everything."""
         self.service.draining = True
+        if self.fleet is not None:
+            await self.fleet.stop(grace_s)
         if self._grpc is not None:
             await self._grpc.set_serving(False)
             await self._grpc.server.stop(grace_s)
         for runner in self._runners:
             await runner.cleanup()
         await self.shadow.stop()
+        if self.sink is not None:
+            await asyncio.to_thread(self.sink.close, 5.0)
         self.executor.shutdown(wait=True, cancel_futures=False)
 
 
 async def serve(settings: Settings, ports_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    gateway = Gateway(settings)
+    role = ProcessRole.SUPERVISOR if settings.workers > 1 else ProcessRole.SINGLE
+    gateway = Gateway(settings, role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.ctl import configure_parser as configure_ctl_parser
 from gateway.ctl import run as run_ctl
+from gateway.samples_cli import add_samples_parser, run_samples
 from gateway.settings import SettingsError, load_settings
 
 
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("ctl", help="read and change endpoint routing through the control API")
     configure_ctl_parser(ctl)
+    add_samples_parser(sub)
     return parser
 
 
@@ -106,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "ctl":
             return run_ctl(args)
+        if args.command == "samples":
+            return run_samples(args)
     except SettingsError as exc:
         print(f"onnxgate: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8003"
 TIMEOUT_S = 30.0
+STATS_WINDOWS = ("10s", "1m", "5m", "all")
 
 
 class CtlError(Exception):
@@ -63,6 +64,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--endpoint", help="only this endpoint's changes")
     cmd.add_parser("models", help="the model repository's index")
+    p = cmd.add_parser("stats", help="per-version request counts, latency quantiles and shadow comparisons")
+    p.add_argument("name")
+    p.add_argument("--window", choices=STATS_WINDOWS, default="1m", help="latency window (default: 1m)")
 
 
 class Client:
@@ -141,6 +145,47 @@ def _render(command: str, result: Any) -> str:
     return json.dumps(result, indent=2)
 
 
+def _number(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render_stats(result: dict[str, Any], window: str) -> str:
+    """The stats answer as a table of series in `window`, then one line per shadow comparison."""
+    rows = []
+    for s in result["series"]:
+        w = s["windows"][window]
+        q = [_number(w[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
+        errors = "-" if w["errors"] is None else str(w["errors"])
+        rows.append([s["role"], s["model"], s["version"], str(w["count"]), errors, *q])
+    header = [
+        "ROLE",
+        "MODEL",
+        "VERSION",
+        "COUNT",
+        "ERRORS",
+        "P50_MS",
+        "P90_MS",
+        "P99_MS",
+        "P99.9_MS",
+        "MAX_MS",
+    ]
+    lines = [f"endpoint {result['endpoint']}, window {window}"]
+    lines.append(_table(rows, header) if rows else "no requests yet")
+    shadow = result["shadow"]
+    counters = shadow["counters"]
+    if any(counters.values()) or shadow["comparisons"]:
+        lines.append("shadow: " + " ".join(f"{k}={v}" for k, v in counters.items()))
+        for c in shadow["comparisons"]:
+            agreement = c["argmax_agreement"]
+            lines.append(
+                f"  {c['served_model']}:{c['served_version']} vs {c['shadow_model']}:{c['shadow_version']} "
+                f"{c['output']}: compared={c['compared']} mismatched={c['mismatched']} "
+                f"max_abs_diff={c['max_abs_diff']:.4g} mean_abs_diff={_number(c['mean_abs_diff'], '.4g')} "
+                f"argmax_agreement={'-' if agreement is None else f'{agreement:.2%}'}"
+            )
+    return "\n".join(lines)
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     """The (method, path, body) that a parsed command line asks for."""
     c = args.ctl_command
@@ -166,6 +211,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
         )
     if c in ("promote", "rollback"):
         return "POST", f"{endpoint}/{c}", None
+    if c == "stats":
+        return "GET", f"{endpoint}/stats", None
     if c == "audit":
         query = {"limit": str(args.limit)} | ({"endpoint": args.endpoint} if args.endpoint else {})
         return "GET", "/v1/audit?" + urllib.parse.urlencode(query), None
@@ -182,7 +229,12 @@ def run(args: argparse.Namespace) -> int:
     except CtlError as exc:
         print(f"onnxgate ctl: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2) if args.json else _render(args.ctl_command, result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.ctl_command == "stats":
+        print(render_stats(result, args.window))
+    else:
+        print(_render(args.ctl_command, result))
     return 0
 
 

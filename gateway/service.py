@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.observability.records import Recorder
+from gateway.observability.sampling import SampleRecord, SampleSink, SamplingPolicy, Tensor
 from gateway.routing.roles import Role
 from gateway.routing.router import Router
 from gateway.routing.shadow import ShadowDispatcher
@@ -86,10 +88,25 @@ class InferenceService:
         self.shadow = shadow
         self.recorder = Recorder()
         self._random = random.random
+        self.sink: SampleSink | None = None
+        self._policies: dict[str, SamplingPolicy] = {}
+        self._default_policy = SamplingPolicy()
+        self._sensitive: frozenset[str] = frozenset()
         self.version = version
         self.model_control = model_control
         self.started = False
         self.draining = False
+
+    def set_sampling(
+        self, sink: SampleSink, default: SamplingPolicy, per_endpoint: dict[str, SamplingPolicy]
+    ) -> None:
+        self.sink = sink
+        self._default_policy = default
+        self._policies = dict(per_endpoint)
+        self._sensitive = default.sensitive_inputs
+        if self.shadow is not None:
+            self.shadow.sink = sink
+            self.shadow.sensitive = default.sensitive_inputs
 
     # ---------------------------------------------------------------- health and metadata
 
@@ -174,6 +191,7 @@ class InferenceService:
             recorder.observe_unrouted(request.protocol, exc.code.value)
             raise
         series = recorder.get((route.endpoint, mv.name, mv.version_str, role))
+        policy = self._policies.get(route.endpoint, self._default_policy)
         recorder.in_flight += 1
         try:
             feeds = {}
@@ -184,7 +202,10 @@ class InferenceService:
             requested = request.outputs
             execution = await mv.infer(feeds, [o.name for o in requested] if requested else None)
         except ServingError as exc:
-            series.observe(request.protocol, exc.code.value, (time.perf_counter_ns() - t0) // 1000, 0, 0)
+            elapsed_us = (time.perf_counter_ns() - t0) // 1000
+            series.observe(request.protocol, exc.code.value, elapsed_us, 0, 0)
+            if policy.errors and self.sink is not None:
+                self._sample(request, route.endpoint, mv, role, [], elapsed_us, exc.code.value, exc.message)
             raise
         except BaseException:  # cancelled by the client, or a bug (the front end reports it as INTERNAL)
             series.observe(
@@ -194,13 +215,23 @@ class InferenceService:
         finally:
             recorder.in_flight -= 1
         arrays = execution.outputs
+        sampled = policy.rate > 0.0 and self.sink is not None and policy.decide(request.id)
+        if sampled and not request.id:
+            request.id = uuid.uuid4().hex  # links the served and the shadow record of this request
         if (
             route.shadow is not None
             and role is not Role.PINNED
             and self.shadow is not None
             and self._random() < route.sample_rate
         ):
-            self.shadow.offer(route.endpoint, mv, route.shadow, feeds, arrays)
+            self.shadow.offer(
+                route.endpoint,
+                mv,
+                route.shadow,
+                feeds,
+                arrays,
+                (request.id, request.routing_key) if sampled else None,
+            )
         specs = mv.output_specs
         if requested:
             outputs = [
@@ -209,14 +240,38 @@ class InferenceService:
             ]
         else:
             outputs = [InferOutput(n, specs[n].datatype.name, a.shape, a) for n, a in arrays]
+        elapsed_us = (time.perf_counter_ns() - t0) // 1000
         series.observe(
-            request.protocol,
-            "OK",
-            (time.perf_counter_ns() - t0) // 1000,
-            execution.queue_ns // 1000,
-            execution.compute_ns // 1000,
+            request.protocol, "OK", elapsed_us, execution.queue_ns // 1000, execution.compute_ns // 1000
         )
+        if sampled:
+            tensors: list[Tensor] = [(o.name, o.datatype, o.shape, o.data) for o in outputs]
+            self._sample(request, route.endpoint, mv, role, tensors, elapsed_us, "OK", None)
         return InferResponse(request.model_name, mv.version_str, request.id, outputs)
+
+    def _sample(
+        self,
+        request: InferRequest,
+        endpoint: str,
+        mv: ModelVersion,
+        role: Role,
+        outputs: list[Tensor],
+        latency_us: int,
+        status: str,
+        error: str | None,
+    ) -> None:
+        assert self.sink is not None
+        inputs: list[Tensor] = [(t.name, t.datatype, t.shape, t.data) for t in request.inputs]
+        record = SampleRecord(
+            time.time(), request.id, endpoint, mv.name, mv.version_str, role, request.routing_key,
+            inputs, outputs, latency_us, status, error,
+        )  # fmt: skip
+        self.sink.offer(record, self._sensitive)
+
+    def recent_samples(
+        self, endpoint: str, version: str | None, role: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return self.sink.recent(endpoint, version, role, limit) if self.sink is not None else []
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the records expose, as plain data (see gateway.observability.metrics)."""
@@ -233,7 +288,13 @@ class InferenceService:
                 if v not in entry.versions:
                     models.append((name, str(v), "UNAVAILABLE"))
         shadow = self.shadow.snapshot() if self.shadow is not None else {"counters": {}, "pairs": {}}
-        return {"records": records, "shadow": shadow, "models": models}
+        sink = self.sink
+        samples = (
+            {"written": sink.written, "dropped": sink.dropped, "failed_writes": sink.failed_writes}
+            if sink is not None
+            else {"written": 0, "dropped": 0, "failed_writes": 0}
+        )
+        return {"records": records, "shadow": shadow, "models": models, "samples": samples}
 
     # ---------------------------------------------------------------- repository
 

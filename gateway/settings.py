@@ -36,6 +36,22 @@ class EndpointSettings:
     champion: TargetSettings
     challenger: TargetSettings | None = None
     shadow: TargetSettings | None = None
+    sample_rate: float | None = None  # payload sampling; None = the [sampling] default
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSettings:
+    """Payload sampling (`[sampling]` in gateway.toml); files go to `directory` (default: state_dir/samples)."""
+
+    rate: float = 0.0  # fraction of requests whose inputs and outputs are written
+    errors: bool = True  # always keep failed requests
+    sensitive_inputs: tuple[str, ...] = ()  # input names whose data is never written
+    directory: Path | None = None
+    queue_size: int = 10_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_file_age_s: float = 3600.0
+    retention_bytes: int = 1024 * 1024 * 1024
+    retention_age_s: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +88,15 @@ class Settings:
     shadow_timeout_s: float = 5.0  # a shadow request that takes longer is abandoned and counted
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     endpoints: tuple[EndpointSettings, ...] = ()
     config_file: Path | None = None
 
 
 _SCALAR_FIELDS = {
-    f.name: f for f in dataclasses.fields(Settings) if f.name not in ("limits", "endpoints", "config_file")
+    f.name: f
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("limits", "sampling", "endpoints", "config_file")
 }
 
 
@@ -135,15 +154,47 @@ def _endpoints(raw: Any) -> tuple[EndpointSettings, ...]:
         champion = _target(name, "champion", body.get("champion"))
         if champion is None:
             raise SettingsError(f"endpoint '{name}' needs a champion")
+        unknown = set(body) - {"champion", "challenger", "shadow", "sampling"}
+        if unknown:
+            raise SettingsError(f"endpoint '{name}': unknown keys {sorted(unknown)}")
+        sampling = body.get("sampling", {})
+        rate = sampling.get("rate") if isinstance(sampling, dict) else None
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1):
+            raise SettingsError(f"endpoint '{name}': sampling.rate must be a number in [0, 1], got {rate!r}")
         result.append(
             EndpointSettings(
                 name,
                 champion,
                 _target(name, "challenger", body.get("challenger")),
                 _target(name, "shadow", body.get("shadow")),
+                float(rate) if rate is not None else None,
             )
         )
     return tuple(result)
+
+
+def _sampling(raw: Any, base: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SettingsError("'sampling' must be a table")
+    known = {f.name: f for f in dataclasses.fields(SamplingSettings)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise SettingsError(f"sampling.{key} is not a known setting ({sorted(known)})")
+        if key == "sensitive_inputs":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SettingsError("sampling.sensitive_inputs must be a list of input names")
+            out[key] = tuple(value)
+        elif key == "directory":
+            path = Path(str(value))
+            out[key] = path if path.is_absolute() else base / path
+        else:
+            out[key] = _coerce(f"sampling.{key}", value, known[key].type)
+            if key == "rate" and not 0.0 <= out[key] <= 1.0:
+                raise SettingsError(f"sampling.rate must be in [0, 1], got {value!r}")
+            if key != "rate" and key != "errors" and out[key] <= 0:
+                raise SettingsError(f"sampling.{key} must be positive, got {value!r}")
+    return out
 
 
 def load_settings(
@@ -156,6 +207,7 @@ def load_settings(
     values: dict[str, Any] = {}
     endpoints: tuple[EndpointSettings, ...] = ()
     limits: dict[str, Any] = {}
+    sampling: dict[str, Any] = {}
     if config_file is None and environ.get("ONNXGATE_CONFIG"):
         config_file = Path(environ["ONNXGATE_CONFIG"])
     if config_file is not None:
@@ -173,6 +225,8 @@ def load_settings(
                 if not isinstance(value, dict):
                     raise SettingsError("'limits' must be a table")
                 limits.update(value)
+            elif key == "sampling":
+                sampling = _sampling(value, base)
             elif key in _SCALAR_FIELDS:
                 values[key] = _coerce(key, value, _SCALAR_FIELDS[key].type)
                 if isinstance(values[key], Path) and not values[key].is_absolute():
@@ -203,6 +257,12 @@ def load_settings(
     if len(set(names)) != len(names):
         raise SettingsError("endpoint names must be unique")
     try:
-        return Settings(**values, limits=Limits(**limits), endpoints=endpoints, config_file=config_file)
+        return Settings(
+            **values,
+            limits=Limits(**limits),
+            sampling=SamplingSettings(**sampling),
+            endpoints=endpoints,
+            config_file=config_file,
+        )
     except InvalidArgument as exc:  # pragma: no cover - defensive: constructors do not validate today
         raise SettingsError(str(exc)) from None

@@ -10,6 +10,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,11 +22,21 @@ from gateway.control.errors import Unauthenticated
 from gateway.control.openapi import OPENAPI
 from gateway.control.state import EndpointState
 from gateway.http.status import HTTP_STATUS, Handler, error_middleware, json_error
-from runtime.errors import InvalidArgument
+from gateway.observability.stats import endpoint_stats
+from gateway.routing.roles import Role
+from runtime.errors import InvalidArgument, NotFound, Unsupported
 from runtime.repository import ModelEntry
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_AUDIT_LIMIT = 1000
+MAX_SAMPLES_LIMIT = 1000
+DEFAULT_SAMPLES_LIMIT = 100
+_ROLES = frozenset(r.value for r in Role)
+
+# The records snapshot (``InferenceService.snapshot()``; with several workers, the supervisor's merge).
+SnapshotSource = Callable[[], Awaitable[dict[str, Any]]]
+# (endpoint, version or None, role or None, limit) -> the latest payload samples, newest last.
+SamplesSource = Callable[[str, str | None, str | None, int], Awaitable[list[dict[str, Any]]]]
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = frozenset({"/openapi.json"})
 
@@ -87,8 +98,15 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 class _Handlers:
-    def __init__(self, controller: EndpointController) -> None:
+    def __init__(
+        self,
+        controller: EndpointController,
+        snapshot_source: SnapshotSource | None = None,
+        samples_source: SamplesSource | None = None,
+    ) -> None:
         self.controller = controller
+        self.snapshot_source = snapshot_source
+        self.samples_source = samples_source
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
@@ -141,6 +159,36 @@ class _Handlers:
         entries = await self.controller.audit(limit or 100, since, endpoint)
         return _json({"entries": list(entries)})
 
+    async def stats(self, request: web.Request) -> web.Response:
+        if self.snapshot_source is None:
+            raise Unsupported("per-version statistics are not available on this gateway")
+        name = request.match_info["name"]
+        try:
+            self.controller.get(name)
+            known = True
+        except NotFound:
+            known = False
+        return _json(endpoint_stats(await self.snapshot_source(), name, known))
+
+    async def samples(self, request: web.Request) -> web.Response:
+        limit = _query_int(request, "limit", DEFAULT_SAMPLES_LIMIT, 1, MAX_SAMPLES_LIMIT)
+        version = request.query.get("version") or None
+        if version is not None and not (
+            version.isascii() and version.isdigit() and 0 < int(version) < 1 << 62
+        ):
+            raise InvalidArgument(f"query parameter 'version' must be a positive integer, got {version!r}")
+        role = request.query.get("role") or None
+        if role is not None and role not in _ROLES:
+            raise InvalidArgument(
+                f"query parameter 'role' must be one of {', '.join(sorted(_ROLES))}, got {role!r}"
+            )
+        if self.samples_source is None:
+            raise Unsupported("payload samples are not available on this gateway")
+        rows = await self.samples_source(
+            request.match_info["name"], version, role, limit or DEFAULT_SAMPLES_LIMIT
+        )
+        return _json({"samples": rows})
+
     async def models(self, request: web.Request) -> web.Response:
         rows = self.controller.models()
         return _json(
@@ -161,12 +209,20 @@ class _Handlers:
 
 
 def create_control_app(
-    controller: EndpointController, auth: Authenticator, max_body_bytes: int = MAX_BODY_BYTES
+    controller: EndpointController,
+    auth: Authenticator,
+    snapshot_source: SnapshotSource | None = None,
+    samples_source: SamplesSource | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    """The control API app; serve it on the control listener after ``controller.startup`` has run."""
+    """The control API app; serve it on the control listener after ``controller.startup`` has run.
+
+    `snapshot_source` feeds ``GET /v1/endpoints/{name}/stats`` and `samples_source`
+    ``GET /v1/endpoints/{name}/samples``; each route answers 501 while its source is None.
+    """
     app = web.Application(middlewares=[error_middleware, _auth_middleware], client_max_size=max_body_bytes)
     app[AUTHENTICATOR] = auth
-    h = _Handlers(controller)
+    h = _Handlers(controller, snapshot_source, samples_source)
     app.router.add_get("/openapi.json", h.openapi, allow_head=False)
     app.router.add_get("/v1/endpoints", h.list_endpoints, allow_head=False)
     app.router.add_get("/v1/endpoints/{name}", h.get_endpoint, allow_head=False)
@@ -174,6 +230,8 @@ def create_control_app(
     app.router.add_patch("/v1/endpoints/{name}", h.patch_endpoint)
     app.router.add_post("/v1/endpoints/{name}/promote", h.promote)
     app.router.add_post("/v1/endpoints/{name}/rollback", h.rollback)
+    app.router.add_get("/v1/endpoints/{name}/stats", h.stats, allow_head=False)
+    app.router.add_get("/v1/endpoints/{name}/samples", h.samples, allow_head=False)
     app.router.add_get("/v1/audit", h.audit, allow_head=False)
     app.router.add_get("/v1/models", h.models, allow_head=False)
     app.router.add_post("/v1/models/{name}/load", h.load)

@@ -55,6 +55,10 @@ class EndpointController:
         self._lock = asyncio.Lock()
         # Told (endpoint or model, action) after every acknowledged change: metrics count them.
         self.listeners: list[Callable[[str, str], None]] = []
+        # With worker processes: push an acknowledged routing state (or a model load/unload) to every
+        # worker, awaited before the change is answered, so it applies to every request that starts after.
+        self.propagate: Callable[[dict[str, EndpointSpec]], Awaitable[None]] | None = None
+        self.propagate_model: Callable[[str, str], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------------- start-up and reads
 
@@ -216,6 +220,8 @@ class EndpointController:
             finally:  # the state file is the truth now, audit entry or not: memory must follow it
                 self._endpoints = endpoints
                 self.router.rebuild(self._specs())
+                if self.propagate is not None:
+                    await self.propagate(self._specs())
             log.info("endpoint %s revision %d: %s by %s", name, new.revision, action, actor)
             for listener in self.listeners:
                 listener(name, action)
@@ -245,6 +251,8 @@ class EndpointController:
         check_model_name(name)
         before = _model_summary(self.repository.entry(name))
         entry = await run(name)
+        if self.propagate_model is not None:
+            await self.propagate_model(action, name)
         after = _model_summary(entry)
         record = AuditEntry(now_rfc3339(), actor, action, None, None, before, after, model=name)
         await asyncio.to_thread(self.store.audit.append, record)

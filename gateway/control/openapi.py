@@ -140,6 +140,94 @@ _SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string"},
         },
     },
+    "WindowStats": {
+        "type": "object",
+        "required": ["count", "errors", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"],
+        "description": "Latency in the gateway (routing to answer), ms; quantiles at HDR bucket midpoints "
+        "(< 0.4% off); null when the window holds no request. max_ms is exact for `all`, the top bucket's "
+        "upper bound (< 0.8% high) otherwise. errors: non-OK codes, given for `all` only.",
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "errors": {"type": ["integer", "null"], "minimum": 0},
+            **{q: {"type": ["number", "null"]} for q in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")},
+        },
+    },
+    "SeriesStats": {
+        "type": "object",
+        "required": ["model", "version", "role", "requests", "windows"],
+        "properties": {
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "role": {"enum": ["champion", "challenger", "shadow", "pinned"]},
+            "requests": {
+                "type": "object",
+                "description": "Requests since start by protocol, then outcome code",
+                "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+            "windows": {
+                "type": "object",
+                "required": ["10s", "1m", "5m", "all"],
+                "additionalProperties": _ref("WindowStats"),
+            },
+        },
+    },
+    "ShadowComparison": {
+        "type": "object",
+        "required": [
+            "served_model",
+            "served_version",
+            "shadow_model",
+            "shadow_version",
+            "output",
+            "compared",
+            "mismatched",
+            "max_abs_diff",
+            "mean_abs_diff",
+            "argmax_rows",
+            "argmax_agreement",
+        ],
+        "properties": {
+            "served_model": {"type": "string"},
+            "served_version": {"type": "string"},
+            "shadow_model": {"type": "string"},
+            "shadow_version": {"type": "string"},
+            "output": {"type": "string"},
+            "compared": {"type": "integer", "description": "Answers compared on this output"},
+            "mismatched": {"type": "integer", "description": "Answers whose shape or datatype differed"},
+            "max_abs_diff": {"type": "number"},
+            "mean_abs_diff": {"type": ["number", "null"]},
+            "argmax_rows": {"type": "integer"},
+            "argmax_agreement": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        },
+    },
+    "EndpointStats": {
+        "type": "object",
+        "required": ["endpoint", "windows", "series", "shadow"],
+        "properties": {
+            "endpoint": {"type": "string"},
+            "windows": {"type": "array", "items": {"enum": ["10s", "1m", "5m", "all"]}},
+            "series": {"type": "array", "items": _ref("SeriesStats")},
+            "shadow": {
+                "type": "object",
+                "required": ["counters", "comparisons"],
+                "properties": {
+                    "counters": {
+                        "type": "object",
+                        "properties": {
+                            k: {"type": "integer"}
+                            for k in ("queued", "dropped", "failed", "timed_out", "compared")
+                        },
+                    },
+                    "comparisons": {"type": "array", "items": _ref("ShadowComparison")},
+                },
+            },
+        },
+    },
+    "SampleList": {
+        "type": "object",
+        "required": ["samples"],
+        "properties": {"samples": {"type": "array", "items": {"type": "object"}}},
+    },
     "ModelList": {
         "type": "object",
         "required": ["models"],
@@ -256,6 +344,45 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/endpoints/{name}/rollback": {
             "post": _change("Restore the split before the latest change; repeat to go further back", None)
+        },
+        "/v1/endpoints/{name}/stats": {
+            "get": {
+                "summary": "Per-version request counts and latency quantiles (10s, 1m, 5m, all) and shadow "
+                "comparisons",
+                "parameters": [_NAME_PARAM],
+                "responses": {
+                    "200": _json(_ref("EndpointStats"), "The endpoint's statistics"),
+                    **_AUTH_ERRORS,
+                    "404": _error("Neither configured nor ever requested"),
+                    "501": _error("This gateway has no statistics source"),
+                },
+            }
+        },
+        "/v1/endpoints/{name}/samples": {
+            "get": {
+                "summary": "The latest payload samples recorded for the endpoint",
+                "parameters": [
+                    _NAME_PARAM,
+                    {"name": "version", "in": "query", "schema": _VERSION},
+                    {
+                        "name": "role",
+                        "in": "query",
+                        "schema": {"enum": ["champion", "challenger", "shadow", "pinned"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("SampleList"), "Samples, newest last"),
+                    **_AUTH_ERRORS,
+                    "400": _error("Invalid query"),
+                    "404": _error("Unknown endpoint"),
+                    "501": _error("Payload sampling is not available on this gateway"),
+                },
+            }
         },
         "/v1/audit": {
             "get": {

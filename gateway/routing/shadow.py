@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.observability.sampling import SampleRecord, SampleSink
+from gateway.routing.roles import Role
 from runtime.model import ModelVersion
 
 log = logging.getLogger("onnxgate.shadow")
@@ -109,6 +111,7 @@ class _Job:
     feeds: Mapping[str, np.ndarray]
     answer: Sequence[tuple[str, np.ndarray]]
     counters: ShadowCounters
+    sample: tuple[str, str | None] | None = None  # (request id, routing key) when the request was sampled
     started: float = 0.0
     abandoned: bool = False
 
@@ -129,6 +132,8 @@ class ShadowDispatcher:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="onnxgate-shadow")
         self._pump: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self.sink: SampleSink | None = None  # shadow answers of sampled requests are written here
+        self.sensitive: frozenset[str] = frozenset()
 
     def start(self) -> None:
         self._queue = asyncio.Queue(self._queue_size)
@@ -148,6 +153,7 @@ class ShadowDispatcher:
         shadow: ModelVersion,
         feeds: Mapping[str, np.ndarray],
         answer: Sequence[tuple[str, np.ndarray]],
+        sample: tuple[str, str | None] | None = None,
     ) -> None:
         """Queue a copy of a served request for the shadow; never blocks, drops when full."""
         queue = self._queue
@@ -157,7 +163,7 @@ class ShadowDispatcher:
         if counters is None:
             counters = self.counters[endpoint] = ShadowCounters()
         try:
-            queue.put_nowait(_Job(endpoint, served, shadow, feeds, answer, counters))
+            queue.put_nowait(_Job(endpoint, served, shadow, feeds, answer, counters, sample))
         except asyncio.QueueFull:
             counters.dropped += 1
             return
@@ -197,9 +203,32 @@ class ShadowDispatcher:
             return
         if job.abandoned:
             return
+        if job.sample is not None and self.sink is not None:
+            self._sample(job, result.outputs)
         shadow_out = dict(result.outputs)
         diffs = [compare_output(n, a, shadow_out[n]) for n, a in job.answer if n in shadow_out]
         self._record(job, diffs)
+
+    def _sample(self, job: _Job, outputs: Sequence[tuple[str, np.ndarray]]) -> None:
+        assert job.sample is not None and self.sink is not None
+        shadow = job.shadow
+        in_specs, out_specs = shadow.input_specs, shadow.output_specs
+        record = SampleRecord(
+            time=time.time(),
+            request_id=job.sample[0],
+            endpoint=job.endpoint,
+            model=shadow.name,
+            version=shadow.version_str,
+            role=Role.SHADOW,
+            routing_key=job.sample[1],
+            inputs=[
+                (n, in_specs[n].datatype.name, a.shape, a) for n, a in job.feeds.items() if n in in_specs
+            ],
+            outputs=[(n, out_specs[n].datatype.name, a.shape, a) for n, a in outputs],
+            latency_us=int((time.monotonic() - job.started) * 1e6),
+            status="OK",
+        )
+        self.sink.offer(record, self.sensitive)
 
     def _record(self, job: _Job, diffs: Sequence[OutputDiff]) -> None:
         key: PairKey = (

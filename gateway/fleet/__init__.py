@@ -1,0 +1,1 @@
+"""Several serving processes on the same ports: the supervisor, its workers, and the link between them."""
