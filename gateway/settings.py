@@ -159,7 +159,9 @@ def _endpoints(raw: Any) -> tuple[EndpointSettings, ...]:
             raise SettingsError(f"endpoint '{name}': unknown keys {sorted(unknown)}")
         sampling = body.get("sampling", {})
         rate = sampling.get("rate") if isinstance(sampling, dict) else None
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1):
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1
+        ):
             raise SettingsError(f"endpoint '{name}': sampling.rate must be a number in [0, 1], got {rate!r}")
         result.append(
             EndpointSettings(

@@ -143,7 +143,11 @@ class ModelRepository:
                 rows.append(IndexRow(name, "", "UNAVAILABLE", "not loaded"))
         for name, entry in sorted(self._models.items()):
             for v in sorted(entry.versions):
-                why = f"reload failed, previous load still serving: {entry.failed[v]}" if v in entry.failed else ""
+                why = (
+                    f"reload failed, previous load still serving: {entry.failed[v]}"
+                    if v in entry.failed
+                    else ""
+                )
                 rows.append(IndexRow(name, str(v), ModelState.READY.value, why))
             if not ready_only:
                 for v, why in sorted(entry.failed.items()):
