@@ -20,6 +20,18 @@ from typing import Any
 DEFAULT_URL = "http://127.0.0.1:8003"
 TIMEOUT_S = 30.0
 STATS_WINDOWS = ("10s", "1m", "5m", "all")
+STATS_HEADER = [
+    "ROLE",
+    "MODEL",
+    "VERSION",
+    "COUNT",
+    "ERRORS",
+    "P50_MS",
+    "P90_MS",
+    "P99_MS",
+    "P99.9_MS",
+    "MAX_MS",
+]
 
 
 class CtlError(Exception):
@@ -157,20 +169,10 @@ def render_stats(result: dict[str, Any], window: str) -> str:
         q = [_number(w[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
         errors = "-" if w["errors"] is None else str(w["errors"])
         rows.append([s["role"], s["model"], s["version"], str(w["count"]), errors, *q])
-    header = [
-        "ROLE",
-        "MODEL",
-        "VERSION",
-        "COUNT",
-        "ERRORS",
-        "P50_MS",
-        "P90_MS",
-        "P99_MS",
-        "P99.9_MS",
-        "MAX_MS",
-    ]
     lines = [f"endpoint {result['endpoint']}, window {window}"]
-    lines.append(_table(rows, header) if rows else "no requests yet")
+    lines.append(_table(rows, STATS_HEADER) if rows else "no requests yet")
+    if rows and window != "all":
+        lines.append("(errors are counted since start only: see --window all)")
     shadow = result["shadow"]
     counters = shadow["counters"]
     if any(counters.values()) or shadow["comparisons"]:
