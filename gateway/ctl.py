@@ -167,12 +167,9 @@ def render_stats(result: dict[str, Any], window: str) -> str:
     for s in result["series"]:
         w = s["windows"][window]
         q = [_number(w[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
-        errors = "-" if w["errors"] is None else str(w["errors"])
-        rows.append([s["role"], s["model"], s["version"], str(w["count"]), errors, *q])
+        rows.append([s["role"], s["model"], s["version"], str(w["count"]), str(w["errors"]), *q])
     lines = [f"endpoint {result['endpoint']}, window {window}"]
     lines.append(_table(rows, STATS_HEADER) if rows else "no requests yet")
-    if rows and window != "all":
-        lines.append("(errors are counted since start only: see --window all)")
     shadow = result["shadow"]
     counters = shadow["counters"]
     if any(counters.values()) or shadow["comparisons"]:

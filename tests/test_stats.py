@@ -53,7 +53,7 @@ def _synthetic_snapshot() -> dict[str, Any]:
     recorder = Recorder()
     champion = recorder.get(("demo", "demo", "1", "champion"))
     clock = _Clock()
-    champion.latency._clock = clock  # record on a clock of our own: one value per second
+    champion.latency.clock = clock  # record on a clock of our own: one value per second
     for us in range(1, 10_001):
         champion.observe("grpc" if us % 2 else "http", "OK", us, 10, us // 2)
         clock.now += 1.0
@@ -97,12 +97,13 @@ def test_endpoint_stats_on_known_records() -> None:
     for window, seconds in (("10s", 10), ("1m", 60), ("5m", 300)):
         w = champion["windows"][window]
         assert w["count"] == seconds - 1, window
-        assert w["errors"] is None  # the records count codes since start only
+        assert w["errors"] == 0
         assert 10.0 <= w["max_ms"] <= 10.0 * (1 + 1 / 128) + 0.001, window  # the top bucket's upper bound
         low = 10_000 - seconds + 2  # the oldest value still in the window, us
         assert w["p50_ms"] == pytest.approx((low + 10_000) / 2 / 1000, rel=0.01), window
     assert challenger["requests"] == {"http": {"INVALID_ARG": 1, "OK": 2}}
     assert challenger["windows"]["all"]["count"] == 3 and challenger["windows"]["all"]["errors"] == 1
+    assert challenger["windows"]["10s"]["errors"] == 1  # errors are counted per second for the windows
     assert challenger["windows"]["all"]["max_ms"] == 4.0
 
     shadow = stats["shadow"]
@@ -140,12 +141,12 @@ def test_empty_windows_answer_nulls() -> None:
     recorder = Recorder()
     series = recorder.get(("e", "m", "1", "pinned"))
     clock = _Clock()
-    series.latency._clock = clock
+    series.latency.clock = clock
     series.observe("grpc", "UNAVAILABLE", 700, 0, 0)
     clock.now += 400  # older than every rolling window
     s = endpoint_stats({"records": recorder.snapshot(), "shadow": {}}, "e")["series"][0]
     assert s["windows"]["10s"] == {
-        "count": 0, "errors": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None,
+        "count": 0, "errors": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None,
     }  # fmt: skip
     assert s["windows"]["all"]["count"] == 1 and s["windows"]["all"]["errors"] == 1
     assert s["windows"]["all"]["max_ms"] == 0.7

@@ -42,10 +42,10 @@ def bucket_bounds(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RollingHistogram:
     """Counts per bucket since start and per second for the last WINDOW_S seconds."""
 
-    __slots__ = ("_clock", "_now", "_slots", "_stamp", "count", "max_us", "total")
+    __slots__ = ("_now", "_slots", "_stamp", "clock", "count", "max_us", "total")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+        self.clock = clock
         self._slots: list[dict[int, int]] = [{} for _ in range(WINDOW_S)]
         self._stamp = [-1] * WINDOW_S  # which second each slot holds
         self.total: dict[int, int] = {}
@@ -54,7 +54,7 @@ class RollingHistogram:
 
     def record(self, us: int) -> None:
         b = bucket_of(us)
-        second = int(self._clock())
+        second = int(self.clock())
         i = second % WINDOW_S
         slot = self._slots[i]
         if self._stamp[i] != second:
@@ -71,7 +71,7 @@ class RollingHistogram:
         """Bucket counts over the last `seconds` seconds (None: since start)."""
         if seconds is None:
             return dict(self.total)
-        now = int(self._clock())
+        now = int(self.clock())
         merged: dict[int, int] = {}
         for i, stamp in enumerate(self._stamp):
             if stamp >= 0 and now - stamp < seconds:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.observability.latency import RollingHistogram, bucket_of, merge
+from gateway.observability.latency import WINDOW_S, RollingHistogram, bucket_of, merge
 
 SeriesKey = tuple[str, str, str, str]  # endpoint, model, version, role
 WINDOWS = {"10s": 10, "1m": 60, "5m": 300, "all": None}
@@ -23,7 +23,17 @@ WINDOWS = {"10s": 10, "1m": 60, "5m": 300, "all": None}
 class RequestSeries:
     """What one (endpoint, model, version, role) has done."""
 
-    __slots__ = ("compute", "compute_sum_us", "counts", "key", "latency", "queue", "queue_sum_us", "sum_us")
+    __slots__ = (
+        "compute",
+        "compute_sum_us",
+        "counts",
+        "error_seconds",
+        "key",
+        "latency",
+        "queue",
+        "queue_sum_us",
+        "sum_us",
+    )
 
     def __init__(self, key: SeriesKey) -> None:
         self.key = key
@@ -34,6 +44,7 @@ class RequestSeries:
         self.sum_us = 0
         self.queue_sum_us = 0
         self.compute_sum_us = 0
+        self.error_seconds: dict[int, int] = {}  # monotonic second -> failed requests (pruned to the window)
 
     def observe(self, protocol: str, code: str, total_us: int, queue_us: int, compute_us: int) -> None:
         counts = self.counts
@@ -41,7 +52,14 @@ class RequestSeries:
         counts[k] = counts.get(k, 0) + 1
         self.latency.record(total_us)
         self.sum_us += total_us
-        if code == "OK":
+        if code != "OK":
+            second = int(self.latency.clock())
+            errors = self.error_seconds
+            errors[second] = errors.get(second, 0) + 1
+            if len(errors) > WINDOW_S:
+                for old in [t for t in errors if t <= second - WINDOW_S]:
+                    del errors[old]
+        else:
             q = bucket_of(queue_us)
             c = bucket_of(compute_us)
             self.queue[q] = self.queue.get(q, 0) + 1
@@ -50,8 +68,15 @@ class RequestSeries:
             self.compute_sum_us += compute_us
 
     def snapshot(self) -> dict[str, Any]:
+        now = int(self.latency.clock())
+        window_errors = {
+            name: sum(n for t, n in self.error_seconds.items() if now - t < sec)
+            for name, sec in WINDOWS.items()
+            if sec is not None
+        }
         return {
             "counts": dict(self.counts),
+            "window_errors": window_errors,
             "windows": {name: self.latency.window(sec) for name, sec in WINDOWS.items()},
             "max_us": self.latency.max_us,
             "queue": dict(self.queue),
@@ -114,12 +139,14 @@ def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 out["series"][key] = {
                     **s,
                     "counts": dict(s["counts"]),
+                    "window_errors": dict(s["window_errors"]),
                     "windows": {w: dict(h) for w, h in s["windows"].items()},
                     "queue": dict(s["queue"]),
                     "compute": dict(s["compute"]),
                 }
                 continue
             _add(have["counts"], s["counts"])
+            _add(have["window_errors"], s["window_errors"])
             for w, h in s["windows"].items():
                 have["windows"][w] = merge([have["windows"][w], h])
             _add(have["queue"], s["queue"])

@@ -58,7 +58,7 @@ def series_stats(key: tuple[str, str, str, str], s: dict[str, Any]) -> dict[str,
         name: window_stats(
             s["windows"].get(name, {}),
             s["max_us"] if seconds is None else None,
-            errors if seconds is None else None,
+            errors if seconds is None else s["window_errors"].get(name, 0),
         )
         for name, seconds in WINDOWS.items()
     }
@@ -114,8 +114,8 @@ def endpoint_stats(snapshot: dict[str, Any], endpoint: str, known: bool = False)
 
     ``series``: one entry per (model, version, role) the endpoint has served, each with ``requests``
     (counts by protocol, then code, since start) and ``windows`` (10s, 1m, 5m, all): ``count`` (every
-    request, failed ones included: they are timed too), ``errors`` (non-"OK" codes; the records count
-    codes since start only, so it is given for "all" and None for the rolling windows), the p50, p90, p99
+    request, failed ones included: they are timed too), ``errors`` (non-"OK" codes, counted per
+    second for the rolling windows), the p50, p90, p99
     and p99.9 latency and the max, in milliseconds (see ``window_stats``).
     ``shadow``: the endpoint's shadow counters and comparisons (``shadow_stats``).
 
