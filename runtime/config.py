@@ -49,9 +49,12 @@ class TensorOverride:
 class BatchingConfig:
     """Dynamic batching: concurrent requests are stacked into one ONNX Runtime call."""
 
-    max_queue_delay_us: int = 100
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
+    max_queue_delay_us: int = 100  # the longest a request waits for batch-mates before its batch leaves
+    preferred_batch_sizes: tuple[int, ...] = ()  # a batch of one of these sizes leaves without waiting
+    max_queue_size: int = 1024  # requests waiting to be batched; more are refused (UNAVAILABLE)
+    # Batches of one version (per executor) running at once. While they run the next batch fills up, so a
+    # small number makes batches grow with load; more helps only when one run cannot use the machine.
+    max_concurrent_batches: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,7 @@ def load_model_config(folder: Path) -> ModelConfig:
             max_queue_delay_us=db.int("max_queue_delay_us", 100) or 0,
             preferred_batch_sizes=tuple(sorted(preferred)),
             max_queue_size=db.int("max_queue_size", 1024, minimum=1) or 1024,
+            max_concurrent_batches=db.int("max_concurrent_batches", 2, minimum=1) or 2,
         )
     return ModelConfig(
         name=name,

@@ -6,6 +6,9 @@ Rules of this module:
 - Statistics are plain integers updated on the event loop thread after the run returns, so they need no
   lock (the run itself happens on an executor thread).
 - A request is admitted only while the version's queue has room; beyond that it is refused at once.
+- A version batches only when its config has [dynamic_batching] and it has a batch dimension
+  (max_batch_size > 0); then requests go through a `DynamicBatcher` per executor (runtime/batching.py),
+  every other version runs each request on its own exactly as before.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime.config import AUTO_MAX_BATCH_SIZE, MODEL_FILE, ModelConfig, TensorOverride
+from runtime.batching import BatchedAnswer, DynamicBatcher
+from runtime.config import AUTO_MAX_BATCH_SIZE, MODEL_FILE, BatchingConfig, ModelConfig, TensorOverride
 from runtime.datatypes import BY_ORT_TYPE, BYTES, DataType, from_numpy
 from runtime.errors import InternalError, InvalidArgument, ModelLoadError, ServingError, Unavailable
 from runtime.session import create_session
@@ -48,7 +52,12 @@ class QueueFull(Unavailable):
 
 @dataclass(slots=True)
 class Execution:
-    """What one request got: its outputs (name, array) in the order asked for, and where its time went."""
+    """What one request got: its outputs (name, array) in the order asked for, and where its time went.
+
+    `batch_size` is the number of rows of the ONNX Runtime run the request was part of: its own rows when it
+    ran alone, the whole batch's rows when dynamic batching stacked it with others. `compute_ns` is that
+    run's duration, shared by every request of a batch (as Triton attributes it).
+    """
 
     outputs: list[tuple[str, np.ndarray]]
     queue_ns: int
@@ -191,6 +200,14 @@ class ModelVersion:
         self.inline = False  # decided by the warm-up's timing
         self.pending = 0  # admitted and not yet answered
         self.max_queue_size = config.max_queue_size
+        self.batching: BatchingConfig | None = config.dynamic_batching if self.batched else None
+        if self.batching is not None:
+            too_big = [b for b in self.batching.preferred_batch_sizes if b > mbs]
+            if too_big:
+                raise ModelLoadError(
+                    f"model {name}: dynamic_batching.preferred_batch_sizes {too_big} exceed max_batch_size {mbs}"
+                )
+        self._batchers: dict[Executor | None, DynamicBatcher] = {}
         if config.warmup:
             self._warm_up()
 
@@ -289,17 +306,50 @@ class ModelVersion:
                     f"unexpected inference output '{n}' for model '{self.name}'; it has {self.output_names}"
                 )
 
+    def feeds_for_ort(self, feeds: Mapping[str, np.ndarray]) -> tuple[Mapping[str, np.ndarray], bool]:
+        """BYTES inputs as the strings ORT takes; True when they went through latin-1 (not UTF-8)."""
+        if self.has_bytes_inputs:
+            return _strings_for_ort(feeds)
+        return feeds, False
+
+    def outputs_from_ort(self, outputs: list[np.ndarray], latin1: bool) -> list[np.ndarray]:
+        """ORT's string outputs back to the bytes clients get, the inverse of `feeds_for_ort`."""
+        if self.has_bytes_outputs:
+            return [_bytes_from_ort(a, latin1) if a.dtype.kind in "OU" else a for a in outputs]
+        return outputs
+
+    def run_error(self, exc: BaseException) -> InternalError:
+        return InternalError(
+            f"model '{self.name}' version {self.version} failed to run: {str(exc).strip()[:500]}"
+        )
+
     def _run(
         self, feeds: Mapping[str, np.ndarray], names: list[str], submitted: int
-    ) -> tuple[list, int, int]:
+    ) -> tuple[list[np.ndarray], int, int]:
         started = time.perf_counter_ns()
-        latin1 = False
-        if self.has_bytes_inputs:
-            feeds, latin1 = _strings_for_ort(feeds)
-        outputs = self.session.run(names, feeds)
-        if self.has_bytes_outputs:
-            outputs = [_bytes_from_ort(a, latin1) if a.dtype.kind in "OU" else a for a in outputs]
+        feeds, latin1 = self.feeds_for_ort(feeds)
+        outputs = self.outputs_from_ort(self.session.run(names, feeds), latin1)
         return outputs, started - submitted, time.perf_counter_ns() - started
+
+    def record_batch(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One ONNX Runtime execution of `rows` rows, in the per-batch-size statistics."""
+        b = self.stats.batches.get(rows)
+        if b is None:
+            b = self.stats.batches[rows] = BatchStats()
+        b.count += 1
+        b.compute_input_ns += input_ns
+        b.compute_infer_ns += infer_ns
+        b.compute_output_ns += output_ns
+
+    def _batcher(self, executor: Executor | None) -> DynamicBatcher:
+        """This version's batcher for `executor` (None: the clients' pool), made on first use per loop."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(executor)
+        if batcher is None or batcher.loop is not loop:
+            assert self.batching is not None
+            batcher = DynamicBatcher(self, self.batching, executor or self._executor, loop)
+            self._batchers[executor] = batcher
+        return batcher
 
     async def infer(
         self,
@@ -309,10 +359,19 @@ class ModelVersion:
     ) -> Execution:
         """Run one request; the outputs are (name, array) for each requested output, in the order asked for.
 
-        `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool.
+        `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool;
+        with dynamic batching that caller's requests are batched among themselves, on that executor.
         """
         t0 = time.perf_counter_ns()
         stats = self.stats
+        batcher = None
+        if self.batching is not None:
+            batcher = self._batcher(executor)
+            if batcher.waiting >= self.batching.max_queue_size:
+                raise QueueFull(
+                    f"model '{self.name}' version {self.version} has {batcher.waiting} requests waiting to be "
+                    f"batched (limit {self.batching.max_queue_size}); retry later"
+                )
         if self.pending >= self.max_queue_size:
             raise QueueFull(
                 f"model '{self.name}' version {self.version} has {self.pending} requests queued (limit "
@@ -325,25 +384,29 @@ class ModelVersion:
             if output_names:
                 self.check_outputs(names)
             t1 = time.perf_counter_ns()
-            try:
-                if self.inline and executor is None:
-                    arrays, queue_ns, infer_ns = self._run(feeds, names, t1)
-                else:
-                    arrays, queue_ns, infer_ns = await asyncio.get_running_loop().run_in_executor(
-                        executor or self._executor, self._run, feeds, names, t1
-                    )
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise InternalError(
-                    f"model '{self.name}' version {self.version} failed to run: {str(exc).strip()[:500]}"
-                ) from None
+            answer = None
+            if batcher is not None and batch:  # an empty request has nothing to stack: it runs alone
+                answer = await batcher.infer(feeds, names, batch, t1)
+            else:
+                try:
+                    if self.inline and executor is None:
+                        arrays, queue_ns, infer_ns = self._run(feeds, names, t1)
+                    else:
+                        arrays, queue_ns, infer_ns = await asyncio.get_running_loop().run_in_executor(
+                            executor or self._executor, self._run, feeds, names, t1
+                        )
+                except ServingError:
+                    raise
+                except Exception as exc:
+                    raise self.run_error(exc) from None
         except BaseException:
             self.pending -= 1
             stats.fail_count += 1
             stats.fail_ns += time.perf_counter_ns() - t0
             raise
         self.pending -= 1
+        if answer is not None:
+            return self._batched_execution(answer, names, batch, t0, t1)
         t2 = time.perf_counter_ns()
         result = list(zip(names, arrays, strict=True))
         t3 = time.perf_counter_ns()
@@ -357,11 +420,23 @@ class ModelVersion:
         stats.compute_infer_ns += infer_ns
         stats.compute_output_ns += output_ns
         stats.last_inference_ms = time.time_ns() // 1_000_000
-        b = stats.batches.get(batch)
-        if b is None:
-            b = stats.batches[batch] = BatchStats()
-        b.count += 1
-        b.compute_input_ns += input_ns
-        b.compute_infer_ns += infer_ns
-        b.compute_output_ns += output_ns
+        self.record_batch(batch, input_ns, infer_ns, output_ns)
         return Execution(result, queue_ns, infer_ns, batch)
+
+    def _batched_execution(
+        self, answer: BatchedAnswer, names: list[str], rows: int, t0: int, t1: int
+    ) -> Execution:
+        """Per-request statistics of a batched request (the batcher counts executions and batch sizes)."""
+        t2 = time.perf_counter_ns()
+        result = list(zip(names, answer.arrays, strict=True))
+        t3 = time.perf_counter_ns()
+        stats = self.stats
+        stats.inference_count += rows
+        stats.success_count += 1
+        stats.success_ns += t3 - t0
+        stats.queue_ns += answer.queue_ns
+        stats.compute_input_ns += t1 - t0 + answer.input_ns
+        stats.compute_infer_ns += answer.infer_ns
+        stats.compute_output_ns += answer.output_ns + t3 - t2
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        return Execution(result, answer.queue_ns, answer.infer_ns, answer.batch_size)

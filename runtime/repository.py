@@ -7,6 +7,9 @@ Rules of this module:
 - Folders that are not models (no numeric version folder holding model.onnx, another server's files) are
   ignored, never an error. Model names are single safe path components, so no load or unload call can
   reach outside the repository.
+- Nothing outside the repository is read: a model folder, config.toml, version folder or model.onnx that is
+  a link resolving outside the (resolved) root fails to load with the reason; external data files must be
+  inside their version folder (runtime.session).
 - Listeners are told after every change, so the gateway can rebuild its routing table and bind metrics.
 """
 
@@ -21,7 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.config import MODEL_FILE, ModelConfig, load_model_config
+from runtime.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_model_config
 from runtime.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from runtime.model import ModelVersion
 
@@ -64,6 +67,11 @@ def check_model_name(name: str) -> None:
             f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter or "
             "digit, at most 128 characters"
         )
+
+
+def outside_root(path: Path, root: Path) -> bool:
+    """True when `path`, links followed, is not inside `root` (links followed too)."""
+    return not path.resolve().is_relative_to(root.resolve())
 
 
 def parse_version(version: str | int | None) -> int | None:
@@ -176,6 +184,11 @@ class ModelRepository:
             if not entry.versions:
                 entry.state = ModelState.LOADING
             try:
+                for path in (folder, folder / CONFIG_FILE):
+                    if outside_root(path, self.root):
+                        raise ModelLoadError(
+                            f"{path} is a link that resolves outside the model repository: refused"
+                        )
                 config = load_model_config(folder)
                 on_disk = self._version_dirs(folder)
                 selected = config.version_policy.select(on_disk)
@@ -190,6 +203,11 @@ class ModelRepository:
             failed: dict[int, str] = {}
             for version in selected:
                 try:
+                    for path in (folder / str(version), folder / str(version) / MODEL_FILE):
+                        if outside_root(path, self.root):
+                            raise ModelLoadError(
+                                f"{path} is a link that resolves outside the model repository: refused"
+                            )
                     new[version] = await asyncio.to_thread(
                         ModelVersion, name, version, folder, config, self._executor
                     )
