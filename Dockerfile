@@ -27,9 +27,12 @@ USER onnxgate
 WORKDIR /srv/onnxgate
 EXPOSE 8000 8001 8002 8003
 
-# Inside a container the listeners must bind beyond loopback; the control API then needs a tokens file
-# (see README: Security) - mount one and set ONNXGATE_TOKENS_FILE, or keep the control port unpublished.
+# Inside a container the inference and metrics listeners must bind beyond loopback. The control API stays on
+# the container's loopback: to reach it from outside, mount a tokens file and set
+#   ONNXGATE_TOKENS_FILE=/run/secrets/onnxgate-tokens.toml ONNXGATE_CONTROL_HOST=0.0.0.0
+# (a non-loopback control listener without tokens refuses to start; see README: Security).
 ENV ONNXGATE_HOST=0.0.0.0 \
+    ONNXGATE_CONTROL_HOST=127.0.0.1 \
     ONNXGATE_CONFIG=/srv/onnxgate/gateway.toml \
     ONNXGATE_STATE_DIR=/srv/onnxgate/state
 
