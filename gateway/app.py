@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
 from gateway.control.api import create_control_app
-from gateway.control.auth import Authenticator
+from gateway.control.auth import Authenticator, inference_authenticator
 from gateway.control.controller import EndpointController
 from gateway.control.store import StateStore
 from gateway.fleet.supervisor import Fleet, reserve_port
@@ -41,6 +42,7 @@ from gateway.routing.shadow import ShadowDispatcher, merge_shadow_snapshots
 from gateway.routing.table import EndpointSpec, Target
 from gateway.service import InferenceService
 from gateway.settings import EndpointSettings, Settings, SettingsError
+from gateway.tls import grpc_credentials, server_context
 from runtime.repository import ModelRepository
 
 log = logging.getLogger("onnxgate")
@@ -67,11 +69,13 @@ def endpoint_spec(e: EndpointSettings) -> EndpointSpec:
 
 
 async def _start_site(
-    app: web.Application, host: str, port: int, reuse_port: bool
+    app: web.Application, host: str, port: int, reuse_port: bool, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    site = web.TCPSite(
+        runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=ssl_context
+    )
     await site.start()
     bound = port
     for address in runner.addresses:
@@ -167,17 +171,32 @@ class Gateway:
             assert self.sink is not None
             self.sink.start()
             reuse = self.role is ProcessRole.WORKER
+            token_check = inference_authenticator(s)  # None unless inference_auth: no per-request cost
             http_runner, http_port = await _start_site(
-                create_http_app(self.service, s.limits), s.host, s.http_port, reuse
+                create_http_app(self.service, s.limits, token_check),
+                s.host,
+                s.http_port,
+                reuse,
+                server_context(s),
             )
             self._runners.append(http_runner)
             self._grpc = await start_grpc_server(
-                self.service, s.host, s.grpc_port, s.limits, reuse_port=reuse
+                self.service,
+                s.host,
+                s.grpc_port,
+                s.limits,
+                reuse_port=reuse,
+                credentials=grpc_credentials(s),
+                auth=token_check,
             )
             grpc_port = self._grpc.port
         if self.controller is not None:
             metrics_runner, metrics_port = await _start_site(
-                create_metrics_app(self.registry, self._refresh_metrics), s.host, s.metrics_port, False
+                create_metrics_app(self.registry, self._refresh_metrics),
+                s.host,
+                s.metrics_port,
+                False,
+                server_context(s),
             )
             self._runners.append(metrics_runner)
             control_runner, control_port = await _start_site(
@@ -187,6 +206,7 @@ class Gateway:
                 s.control_host or s.host,
                 s.control_port,
                 False,
+                server_context(s, s.control_client_ca),
             )
             self._runners.append(control_runner)
         self.service.started = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ class Settings:
     control_host: str | None = None  # control listener address; None = same as `host`
     tokens_file: Path | None = None  # bearer tokens for the control API (TOML [[tokens]] name/secret/role)
     inference_auth: bool = False  # inference APIs also require a token from tokens_file
+    # TLS: PEM certificate chain and private key. When set, every listener (HTTP inference, gRPC, metrics,
+    # control) serves TLS 1.2+ only; plain-text clients are refused.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Mutual TLS for the control listener: PEM bundle of the CA(s) whose client certificates it accepts.
+    # Needs tls_cert/tls_key. Without a tokens_file a verified client is an operator named by its
+    # certificate's common name; with one, tokens still decide (the certificate is an extra gate).
+    control_client_ca: Path | None = None
     shadow_queue_size: int = 1024  # shadow work waiting to run; beyond it work is dropped and counted
     shadow_concurrency: int = 2  # shadow requests running at once
     shadow_timeout_s: float = 5.0  # a shadow request that takes longer is abandoned and counted
@@ -199,6 +208,39 @@ def _sampling(raw: Any, base: Path) -> dict[str, Any]:
     return out
 
 
+def _check_tls(values: Mapping[str, Any]) -> None:
+    """The TLS files must come as a pair, be readable and parse; SettingsError names the file at fault."""
+    cert, key, ca = values.get("tls_cert"), values.get("tls_key"), values.get("control_client_ca")
+    if (cert is None) != (key is None):
+        raise SettingsError("settings 'tls_cert' and 'tls_key' must be given together")
+    if ca is not None and cert is None:
+        raise SettingsError("setting 'control_client_ca' (mutual TLS) needs 'tls_cert' and 'tls_key'")
+    for name, path in (("tls_cert", cert), ("tls_key", key), ("control_client_ca", ca)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise SettingsError(f"setting '{name}': {path} cannot be read: {exc.strerror or exc}") from None
+    if cert is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An empty password: an encrypted key fails here instead of OpenSSL prompting on the terminal.
+        context.load_cert_chain(cert, key, password=b"")
+    except (ssl.SSLError, ValueError) as exc:
+        raise SettingsError(
+            f"settings 'tls_cert' ({cert}) and 'tls_key' ({key}) are not a PEM certificate chain and its "
+            f"unencrypted private key: {exc}"
+        ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, ValueError) as exc:
+            raise SettingsError(f"setting 'control_client_ca': {ca} is not a PEM CA bundle: {exc}") from None
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -255,6 +297,7 @@ def load_settings(
             raise SettingsError(f"setting '{key}' must be a port number (0-65535), got {port}")
     if values.get("workers", 1) < 1:
         raise SettingsError("setting 'workers' must be at least 1")
+    _check_tls(values)
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise SettingsError("endpoint names must be unique")

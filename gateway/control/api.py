@@ -83,13 +83,29 @@ def _model_state(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+def _client_common_name(request: web.Request) -> str | None:
+    """The subject CN of the caller's TLS client certificate (verified by the listener's context)."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in _PUBLIC:
         return await handler(request)
+    auth = request.app[AUTHENTICATOR]
     try:
-        request[PRINCIPAL] = request.app[AUTHENTICATOR].authenticate(
-            request.headers.get("Authorization"), write=request.method not in _READS
+        request[PRINCIPAL] = auth.authenticate(
+            request.headers.get("Authorization"),
+            write=request.method not in _READS,
+            common_name=_client_common_name(request) if auth.client_certs else None,
         )
     except Unauthenticated as exc:
         status = HTTP_STATUS[exc.code]

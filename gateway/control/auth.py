@@ -8,6 +8,9 @@ Rules of this module:
   matched nor how long the secrets are. Secrets are never logged or put in error messages.
 - Without a tokens file, calls are allowed without a token (actor "local") only when the control listener is
   bound to a loopback address; a non-loopback listener without tokens refuses to start.
+- With mutual TLS (``control_client_ca``) and no tokens file, the client certificate is the credential:
+  every verified caller is an operator whose actor name is its certificate's common name (a CN that is
+  missing or not a plain name is refused). With a tokens file, tokens decide; the certificate is a gate.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from gateway.settings import Settings, SettingsError
 log = logging.getLogger("onnxgate.control")
 
 LOCAL_ACTOR = "local"
+# A certificate's common name becomes an actor name in the audit log and in log lines: plain names only.
+_COMMON_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@:+\-]{0,127}$")
 
 
 class Access(enum.StrEnum):
@@ -97,9 +103,13 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Turns an Authorization header value into a Principal, or refuses."""
 
-    def __init__(self, tokens: Sequence[Token], allow_local: bool = False) -> None:
+    def __init__(
+        self, tokens: Sequence[Token], allow_local: bool = False, client_certs: bool = False
+    ) -> None:
         self._tokens = tuple(tokens)
         self.allow_local = allow_local and not self._tokens
+        # The caller's TLS client certificate names it (mutual TLS without a tokens file).
+        self.client_certs = client_certs and not self._tokens
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -108,6 +118,8 @@ class Authenticator:
         if settings.tokens_file is None:
             if settings.inference_auth:
                 raise SettingsError("inference_auth needs a tokens_file to check tokens against")
+            if settings.control_client_ca is not None:
+                return cls((), client_certs=True)
             if not is_loopback(host):
                 raise SettingsError(
                     f"the control API would listen on {host!r}, which is not a loopback address, without "
@@ -116,7 +128,11 @@ class Authenticator:
             return cls((), allow_local=True)
         return cls(load_tokens(settings.tokens_file))
 
-    def _match(self, authorization: str | None) -> Principal:
+    def _match(self, authorization: str | None, common_name: str | None = None) -> Principal:
+        if self.client_certs:
+            if common_name is None or not _COMMON_NAME.match(common_name):
+                raise Unauthenticated("the client certificate has no usable common name (CN)")
+            return Principal(common_name, Access.OPERATOR)
         if self.allow_local:
             return Principal(LOCAL_ACTOR, Access.OPERATOR)
         if not authorization:
@@ -133,9 +149,14 @@ class Authenticator:
             raise Unauthenticated("invalid token")
         return Principal(found.name, found.access)
 
-    def authenticate(self, authorization: str | None, write: bool) -> Principal:
-        """The caller of a control call; `write` calls need the operator role."""
-        principal = self._match(authorization)
+    def authenticate(
+        self, authorization: str | None, write: bool, common_name: str | None = None
+    ) -> Principal:
+        """The caller of a control call; `write` calls need the operator role.
+
+        `common_name` is the CN of the caller's verified TLS client certificate, if it presented one.
+        """
+        principal = self._match(authorization, common_name)
         if write and principal.access is not Access.OPERATOR:
             raise PermissionDenied(
                 f"'{principal.name}' is a {principal.access.value}: changes need an operator"
@@ -145,3 +166,12 @@ class Authenticator:
     def check_inference(self, authorization: str | None) -> Principal:
         """For the inference front ends when `inference_auth` is on: any valid token may infer."""
         return self._match(authorization)
+
+
+def inference_authenticator(settings: Settings) -> Authenticator | None:
+    """The token check of the inference listeners, or None when ``inference_auth`` is off (no check at all)."""
+    if not settings.inference_auth:
+        return None
+    if settings.tokens_file is None:
+        raise SettingsError("inference_auth needs a tokens_file to check tokens against")
+    return Authenticator(load_tokens(settings.tokens_file))

@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.fleet.link import Link
+from gateway.logs import configure as configure_logging
 from gateway.routing.table import EndpointSpec
 from gateway.settings import Settings
 
@@ -31,9 +32,7 @@ def run_worker(
     conn: Connection,
 ) -> None:
     """Process entry point (picklable arguments only: it starts under the spawn method)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s"
-    )
+    configure_logging(settings.log_level, tag=f"[w{index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     worker_settings = dataclasses.replace(settings, http_port=http_port, grpc_port=grpc_port)
     asyncio.run(_serve(worker_settings, index, specs, conn))

@@ -3,10 +3,17 @@
 ``start_grpc_server`` returns a ``GrpcServer`` handle (server, bound port, health servicer). The app's
 composition root keeps it, flips health with ``set_serving`` as ``InferenceService.ready()`` changes, and
 calls ``stop`` at shutdown (health goes NOT_SERVING first, so load balancers drain before the port closes).
+
+Rules of this module:
+- TLS comes as ready-made credentials (gateway.tls); without them the port is plain text.
+- With ``inference_auth`` on, ``TokenInterceptor`` asks every call for ``authorization: Bearer <token>``
+  metadata, except ServerLive, ServerReady and the grpc.health service (probes carry no token); a refused
+  call is answered UNAUTHENTICATED before its message is decoded. With it off, no interceptor is installed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +21,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.control.auth import Authenticator
+from gateway.control.errors import Unauthenticated
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.servicer import InferenceServicer
@@ -24,6 +33,11 @@ INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Health names we report: "" (the whole server) and the inference service, as grpc health probes ask.
 HEALTH_NAMES = ("", INFERENCE_SERVICE)
+
+# Calls that need no token even with inference_auth on.
+OPEN_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ServerLive", f"/{INFERENCE_SERVICE}/ServerReady"})
+OPEN_PREFIXES = (f"/{HEALTH_SERVICE}/",)
+AUTHORIZATION_METADATA = "authorization"
 
 try:  # grpcio-health-checking ships an asyncio servicer on Python 3; fall back to the threaded one.
     from grpc_health.v1.health import aio as _health_aio
@@ -68,20 +82,74 @@ async def set_health(handle: GrpcServer, serving: bool) -> None:
     await handle.set_serving(serving)
 
 
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED without decoding anything."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, None, serialize)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, None, serialize)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, None, serialize)
+    return grpc.stream_stream_rpc_method_handler(refuse, None, serialize)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the bearer token of every call but the health probes (see the rules above)."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if method in OPEN_METHODS or method.startswith(OPEN_PREFIXES):
+            return await continuation(handler_call_details)
+        authorization = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == AUTHORIZATION_METADATA:
+                authorization = value if isinstance(value, str) else None
+                break
+        try:
+            self._auth.check_inference(authorization)
+        except Unauthenticated as exc:
+            handler = await continuation(handler_call_details)
+            return handler if handler is None else _refusal(handler, exc.message)
+        return await continuation(handler_call_details)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 async def start_grpc_server(
-    service: InferenceService, host: str, port: int, limits: Limits, reuse_port: bool = False
+    service: InferenceService,
+    host: str,
+    port: int,
+    limits: Limits,
+    reuse_port: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
+    auth: Authenticator | None = None,
 ) -> GrpcServer:
-    """Start serving on host:port (0 = an ephemeral port); health starts as ``service.ready()`` says."""
+    """Start serving on host:port (0 = an ephemeral port); health starts as ``service.ready()`` says.
+
+    `credentials` (gateway.tls.grpc_credentials) make the port TLS; `auth` is given only when inference
+    needs a token (``inference_auth``).
+    """
     server = grpc.aio.server(
+        interceptors=[TokenInterceptor(auth)] if auth is not None else None,
         options=[
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", limits.max_body_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
     health_servicer = _HealthServicer()
@@ -89,7 +157,10 @@ async def start_grpc_server(
     reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     address = _address(host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is not None:
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"gRPC server cannot listen on {address}: {exc}") from None
     if not bound:
