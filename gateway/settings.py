@@ -64,6 +64,11 @@ class Limits:
     max_inputs: int = 64
     max_json_depth: int = 64
     max_bytes_element: int = 16 * 1024 * 1024
+    # Slow clients: after body_grace_s a request body must arrive at body_min_rate bytes/s on average or
+    # the connection is closed (408); a gRPC stream silent for stream_idle_timeout_s is ended.
+    body_grace_s: float = 5.0
+    body_min_rate: int = 16 * 1024
+    stream_idle_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +292,13 @@ def load_settings(
     for key in ("shadow_queue_size", "shadow_concurrency"):
         if values.get(key, 1) < 1:
             raise SettingsError(f"setting '{key}' must be at least 1")
-    limit_fields = {f.name for f in dataclasses.fields(Limits)}
+    limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
     for key, value in limits.items():
-        if key not in limit_fields or isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SettingsError(f"limits.{key} is unknown or not a positive integer")
+        field_ = limit_fields.get(key)
+        kind: type | tuple[type, ...] = int if field_ is None or field_.type == "int" else (int, float)
+        ok = field_ is not None and not isinstance(value, bool) and isinstance(value, kind)
+        if not ok or float(value) <= 0:
+            raise SettingsError(f"limits.{key} is unknown or not a positive number")
     for key in ("http_port", "grpc_port", "metrics_port", "control_port"):
         port = values.get(key, _SCALAR_FIELDS[key].default)
         if not 0 <= port <= 65535:

@@ -41,7 +41,9 @@ class InferRequest:
     parameters: Parameters | None = None
     routing_key: str | None = None  # x-routing-key header/metadata or the routing_key parameter
     protocol: str = "grpc"  # "grpc" | "http": a label for records, never a branch in the core
-    deadline: float | None = None  # time.monotonic() by which the answer is useless (gRPC deadline, HTTP timeout)
+    deadline: float | None = (
+        None  # time.monotonic() by which the answer is useless (gRPC deadline, HTTP timeout)
+    )
 
 
 @dataclass(slots=True)

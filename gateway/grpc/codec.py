@@ -6,12 +6,15 @@ Rules of this module:
 - Typed ``contents`` are accepted in exactly the field the protocol assigns to the datatype; raw and typed
   data never mix in one request. FP16 has no typed field, so it travels raw only.
 - Every malformed request raises ``InvalidArgument`` naming the tensor or field; features the protocol has
-  but onnxgate does not serve (classification, shared memory) raise ``Unsupported``.
+  but onnxgate does not serve (classification, shared memory) raise ``Unsupported``; a request over a
+  configured limit (inputs, elements, BYTES element size) raises ``ResourceExhausted``, exactly as the HTTP
+  codec does for the same mistake. Limits are checked before the data they bound is converted.
 - The tables below are built once at import; the request path only reads them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,16 +25,17 @@ from gateway.grpc.generated import model_config_pb2 as mc
 from gateway.service import ModelConfigView, ModelMetadata, VersionStatistics
 from gateway.settings import Limits
 from gateway.tensors import (
-    MAX_ELEMENTS,
     array_from_raw,
     array_from_values,
+    check_label,
     datatype_of,
     element_count,
     raw_from_array,
+    timeout_deadline,
 )
 from gateway.types import InferInput, InferOutput, InferRequest, InferResponse, Parameters, RequestedOutput
-from runtime.datatypes import BY_NAME, BYTES
-from runtime.errors import InvalidArgument, Unsupported
+from runtime.datatypes import BY_NAME, BYTES, DataType
+from runtime.errors import InvalidArgument, ResourceExhausted, Unsupported
 from runtime.model import VersionStats
 from runtime.repository import IndexRow
 
@@ -52,6 +56,7 @@ TYPED_FIELD: Mapping[str, str] = {
 }
 
 ROUTING_KEY = "routing_key"
+ROUTING_KEY_METADATA = "x-routing-key"
 # Parameters of Triton's shared-memory extension, which onnxgate does not serve.
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
@@ -107,9 +112,8 @@ def _refuse_shared_memory(params: Mapping[str, Any], what: str) -> None:
 # ------------------------------------------------------------------------------------------ inference
 
 
-def _typed_array(tensor: _InputTensor, shape: tuple[int, ...]) -> np.ndarray:
+def _typed_array(tensor: _InputTensor, dt: DataType, shape: tuple[int, ...], limits: Limits) -> np.ndarray:
     name = tensor.name
-    dt = datatype_of(tensor.datatype, name)
     field = TYPED_FIELD.get(dt.name)
     if field is None:
         raise InvalidArgument(f"input '{name}': {dt.name} data must be sent in raw_input_contents")
@@ -125,7 +129,7 @@ def _typed_array(tensor: _InputTensor, shape: tuple[int, ...]) -> np.ndarray:
         # bool_contents holds only bools; as an array it stays BOOL even when empty (a bare empty list
         # would read as float to array_from_values' BOOL check).
         values = np.asarray(values, dtype=np.bool_)
-    return array_from_values(values, dt, shape, name)
+    return array_from_values(values, dt, shape, name, limits.max_tensor_elements, limits.max_bytes_element)
 
 
 def decode_infer_request(
@@ -135,29 +139,43 @@ def decode_infer_request(
     tensors = msg.inputs
     raw = msg.raw_input_contents
     n_inputs = len(tensors)
+    # The HTTP codec's order of checks, so that one request gets one answer over both protocols: input
+    # count, id, request parameters, then each input (datatype, shape, data), then the outputs.
     if n_inputs > limits.max_inputs:
-        raise InvalidArgument(f"request has {n_inputs} inputs; at most {limits.max_inputs} are allowed")
+        raise ResourceExhausted(f"'inputs' has {n_inputs} inputs (limit {limits.max_inputs})")
+    check_label(msg.id, "'id'")
+    routing_key = None
+    request_params = None
+    deadline = None
+    if msg.parameters:
+        request_params = decode_parameters(msg.parameters, "request")
+        if "timeout" in request_params:  # Triton's request timeout, in microseconds
+            deadline = timeout_deadline(request_params["timeout"], time.monotonic())
+        key = request_params.get(ROUTING_KEY)
+        if key is not None:
+            if not isinstance(key, str):
+                raise InvalidArgument(f"request parameter '{ROUTING_KEY}' must be a string")
+            routing_key = check_label(key, f"request parameter '{ROUTING_KEY}'")
     if raw and len(raw) != n_inputs:
         raise InvalidArgument(
             f"request has {len(raw)} raw_input_contents for {n_inputs} inputs; when raw_input_contents is "
             "used it needs one entry per input, in input order"
         )
-    # gateway.tensors refuses more than MAX_ELEMENTS itself; only a tighter configured limit needs a check.
-    max_elements = limits.max_tensor_elements if limits.max_tensor_elements < MAX_ELEMENTS else 0
+    max_elements, max_element_bytes = limits.max_tensor_elements, limits.max_bytes_element
     inputs: list[InferInput] = []
     for i, tensor in enumerate(tensors):
         name = tensor.name
         shape = tuple(tensor.shape)
-        if max_elements:
-            element_count(shape, name, max_elements)
+        dt = datatype_of(tensor.datatype, name)
+        element_count(shape, name, max_elements)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
                     f"input '{name}': contents must not be set when the request uses raw_input_contents"
                 )
-            data = array_from_raw(raw[i], datatype_of(tensor.datatype, name), shape, name)
+            data = array_from_raw(raw[i], dt, shape, name, max_elements, max_element_bytes)
         else:
-            data = _typed_array(tensor, shape)
+            data = _typed_array(tensor, dt, shape, limits)
         params = None
         if tensor.parameters:
             params = decode_parameters(tensor.parameters, f"input '{name}'")
@@ -165,7 +183,11 @@ def decode_infer_request(
         inputs.append(InferInput(name, tensor.datatype, shape, data, params))
 
     outputs: list[RequestedOutput] = []
+    seen: set[str] = set()
     for out in msg.outputs:
+        if out.name in seen:
+            raise InvalidArgument(f"output '{out.name}' is requested more than once")
+        seen.add(out.name)
         out_params = None
         if out.parameters:
             out_params = decode_parameters(out.parameters, f"output '{out.name}'")
@@ -175,17 +197,18 @@ def decode_infer_request(
             out_params.pop("binary_data", None)  # an HTTP-only choice; gRPC is always binary
         outputs.append(RequestedOutput(out.name, None, out_params or None))
 
-    routing_key = routing_key_metadata
-    params = None
-    if msg.parameters:
-        params = decode_parameters(msg.parameters, "request")
-        key = params.get(ROUTING_KEY)
-        if key is not None:
-            if not isinstance(key, str):
-                raise InvalidArgument(f"request parameter '{ROUTING_KEY}' must be a string")
-            routing_key = key
+    if routing_key is None and routing_key_metadata is not None:  # the request's parameter wins
+        routing_key = check_label(routing_key_metadata, f"{ROUTING_KEY_METADATA} metadata")
     return InferRequest(
-        msg.model_name, inputs, msg.model_version, msg.id, outputs, params, routing_key, "grpc"
+        msg.model_name,
+        inputs,
+        msg.model_version,
+        msg.id,
+        outputs,
+        request_params,
+        routing_key,
+        "grpc",
+        deadline,
     )
 
 

@@ -149,6 +149,7 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", limits.max_body_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_connection_idle_ms", 300_000),  # idle connections do not hold resources forever
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)

@@ -6,13 +6,15 @@ Rules of this module:
 - The inference path does no logging and no work that could be done once (per server or per stream).
 - ModelStreamInfer serves the requests of one stream concurrently (at most ``STREAM_IN_FLIGHT`` admitted
   and not yet written) and has exactly one writer; a failed request is answered in-band and the stream
-  goes on.
+  goes on. A stream with nothing in flight that sends nothing for ``STREAM_IDLE_TIMEOUT_S`` is ended with
+  DEADLINE_EXCEEDED; waiting for it costs a coroutine, never a thread, so it blocks no other client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,11 +24,16 @@ from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.status import abort, error_message
 from gateway.service import InferenceService
 from gateway.settings import Limits
-from runtime.errors import Unsupported
+from gateway.types import InferRequest
+from runtime.errors import DeadlineExceeded, ServingError, Unsupported
 
-ROUTING_KEY_METADATA = "x-routing-key"
+ROUTING_KEY_METADATA = codec.ROUTING_KEY_METADATA
 # Requests of one stream admitted (being served, or answered and waiting to be written) at a time.
 STREAM_IN_FLIGHT = 256
+# A stream idle this long (no request in flight, none arriving) is ended; a `Limits` field of the same
+# name (stream_idle_timeout_s) or the servicer's argument wins.
+STREAM_IDLE_TIMEOUT_S = 600.0
+_END: Any = object()
 # tritonclient's stream flag for decoupled models: it wants each response marked final.
 _EMPTY_FINAL = "triton_enable_empty_final_response"
 _FINAL = "triton_final_response"
@@ -44,6 +51,16 @@ def routing_key_of(context: Any) -> str | None:
     return None
 
 
+def with_call_deadline(request: InferRequest, context: Any) -> InferRequest:
+    """The call's gRPC deadline becomes the request's (the earlier one wins over a `timeout` parameter)."""
+    remaining = context.time_remaining()
+    if remaining is not None:
+        deadline = time.monotonic() + remaining
+        if request.deadline is None or deadline < request.deadline:
+            request.deadline = deadline
+    return request
+
+
 def _errors_to_status(handler: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
     """Turn any exception of a unary handler into the RPC's status (see gateway.grpc.status)."""
 
@@ -58,9 +75,14 @@ def _errors_to_status(handler: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, limits: Limits) -> None:
+    def __init__(
+        self, service: InferenceService, limits: Limits, stream_idle_timeout_s: float | None = None
+    ) -> None:
         self._service = service
         self._limits = limits
+        if stream_idle_timeout_s is None:
+            stream_idle_timeout_s = getattr(limits, "stream_idle_timeout_s", STREAM_IDLE_TIMEOUT_S)
+        self._stream_idle_s = float(stream_idle_timeout_s)
 
     # ---------------------------------------------------------------- health and metadata
 
@@ -101,6 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
             decoded = codec.decode_infer_request(request, routing_key_of(context), self._limits)
+            with_call_deadline(decoded, context)
             return codec.encode_infer_response(await self._service.infer(decoded))
         except Exception as exc:
             await abort(context, exc)
@@ -108,15 +131,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> None:
-        service, limits = self._service, self._limits
+        service, limits, idle_s = self._service, self._limits, self._stream_idle_s
         routing_key = routing_key_of(context)
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        outstanding = [0]  # requests admitted and not yet answered on the wire
 
         async def serve(msg: pb.ModelInferRequest) -> None:
             try:
-                decoded = codec.decode_infer_request(msg, routing_key, limits)
+                decoded = with_call_deadline(codec.decode_infer_request(msg, routing_key, limits), context)
                 response = codec.encode_infer_response(await service.infer(decoded))
                 if decoded.parameters and decoded.parameters.get(_EMPTY_FINAL) is True:
                     response.parameters[_FINAL].bool_param = True
@@ -128,16 +152,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 item = pb.ModelStreamInferResponse(error_message=error_message(exc), infer_response=failed)
             results.put_nowait(item)
 
-        async def read() -> None:
+        iterator = request_iterator.__aiter__()
+
+        async def next_message() -> Any:
             try:
-                async for msg in request_iterator:
+                return await iterator.__anext__()
+            except StopAsyncIteration:
+                return _END
+
+        async def read() -> None:
+            pending: asyncio.Future[Any] | None = None
+            try:
+                while True:
+                    if pending is None:
+                        pending = asyncio.ensure_future(next_message())
+                    done, _ = await asyncio.wait((pending,), timeout=idle_s)
+                    if not done:
+                        if outstanding[0]:
+                            continue  # answers are still being made or written: not idle
+                        raise DeadlineExceeded(f"stream sent no request for {idle_s:g} s; closing it")
+                    msg, pending = pending.result(), None
+                    if msg is _END:
+                        break
                     await slots.acquire()  # before the task exists: a fast client cannot outrun the bound
+                    outstanding[0] += 1
                     task = asyncio.create_task(serve(msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:  # the client half-closed: finish what it sent
                     await asyncio.wait(tuple(tasks))
             finally:
+                if pending is not None:
+                    pending.cancel()
                 results.put_nowait(None)
 
         reader = asyncio.create_task(read())
@@ -145,7 +191,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (item := await results.get()) is not None:
                 await context.write(item)
                 slots.release()
-            await reader  # re-raises a failure to read the stream
+                outstanding[0] -= 1
+            try:
+                await reader  # re-raises a failure to read the stream
+            except ServingError as exc:
+                await abort(context, exc)
         finally:
             reader.cancel()
             for task in tuple(tasks):

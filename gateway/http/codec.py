@@ -8,10 +8,23 @@ Rules of this module:
 - Every client mistake raises ``InvalidArgument`` (or ``Unsupported`` / ``ResourceExhausted``) naming the
   field at fault; no other exception may escape from decoding a body.
 - Never emit ``"parameters": null`` (perf_analyzer breaks on it) nor any other key that has nothing.
+- Limits (``gateway.settings.Limits``) are checked before the work they bound: the input count before
+  any input is decoded, shapes before any tensor is built, the nesting of ``data`` before numpy sees it.
+  Too many inputs, too many elements, a BYTES element too large or a body too large is ``ResourceExhausted``
+  (413). Nesting is structure, not size: ``data`` nested deeper than ``max_json_depth`` is
+  ``InvalidArgument`` (400), and so is nesting anywhere else beyond orjson's and msgpack's own ceiling
+  (1024 levels); the codec reads nothing nested outside ``data``, so nothing deeper is ever walked.
+- NaN and +-Infinity are valid float data. tritonclient (rapidjson) writes them as the bare literals
+  ``NaN``, ``Infinity`` and ``-Infinity``; orjson reads none of them, so a body that has them is parsed
+  again by the standard library. Outputs: NaN is written as ``null`` (strict JSON, and tritonclient's
+  ``as_numpy`` reads null as NaN); +-inf have no JSON form, so an output holding them is written with
+  ``Infinity`` / ``-Infinity``, which tritonclient reads (orjson alone would write null: a wrong value).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -23,13 +36,15 @@ from gateway.tensors import (
     array_from_raw,
     array_from_values,
     as_bytes_element,
+    check_label,
     datatype_of,
     element_count,
     raw_from_array,
+    timeout_deadline,
 )
 from gateway.types import InferInput, InferRequest, InferResponse, Parameters, RequestedOutput
 from runtime.datatypes import BY_NAME, BYTES, DataType
-from runtime.errors import InvalidArgument, Unsupported
+from runtime.errors import InvalidArgument, ResourceExhausted, Unsupported
 
 if TYPE_CHECKING:
     from gateway.service import ModelConfigView, ModelMetadata, TensorMetadata, VersionStatistics
@@ -43,6 +58,10 @@ BINARY_TYPE = "application/octet-stream"
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _SHARED_MEMORY = "shared_memory_region"
+# The JSON literals of non-finite floats that tritonclient (rapidjson) writes and reads.
+_NON_FINITE_LITERALS = (b"NaN", b"Infinity")
+# A header length with more digits cannot describe any body we accept (and int() refuses 4300 digits).
+_MAX_HEADER_LENGTH_DIGITS = 18
 
 
 def _bounds(dt: DataType) -> tuple[str, int, int]:
@@ -71,8 +90,12 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():  # also refuses signs, so the length cannot be negative
-        raise InvalidArgument(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    # ASCII digits only: str.isdigit() also accepts digits such as '\u00b2' that int() refuses, and no sign,
+    # so the length cannot be negative.
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidArgument(f"{HEADER_LENGTH} must be a non-negative integer, got {value[:40]!r}")
+    if len(text) > _MAX_HEADER_LENGTH_DIGITS:
+        raise InvalidArgument(f"{HEADER_LENGTH} {text[:40]}... is larger than any request body")
     return int(text)
 
 
@@ -103,16 +126,53 @@ def decode_infer_request(
     return _request_from_document(doc, binary, model_name, model_version, limits)
 
 
+_PARSER_DEPTH = 1024  # orjson's and msgpack's own ceiling on nesting
+
+
+def _too_deep(what: str) -> InvalidArgument:
+    return InvalidArgument(f"{what} is nested deeper than {_PARSER_DEPTH} levels")
+
+
 def _load_json(data: bytes | memoryview) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+        if "depth" in str(exc) or "recursion" in str(exc).lower():
+            raise _too_deep("request body") from None
+        error = exc
+    raw = bytes(data)
+    if any(literal in raw for literal in _NON_FINITE_LITERALS):
+        doc = _load_json_non_finite(raw)
+        if doc is not None:
+            return doc
+    raise InvalidArgument(f"request body is not valid JSON: {error}") from None
+
+
+def _load_json_non_finite(raw: bytes) -> Any:
+    """Parse a body that has NaN / Infinity literals (the standard library accepts them; orjson does not).
+
+    The document is then written once by orjson, which refuses what orjson itself would not have read
+    (lone surrogates, integers beyond 64 bits), so both parsers hand the codec the same kinds of values.
+    Returns None when the body is not valid JSON with those literals either.
+    """
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise _too_deep("request body") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    try:
+        orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return None
+    return doc
 
 
 def _load_msgpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise _too_deep("msgpack request body") from None
     except Exception as exc:  # msgpack raises ValueError, TypeError, UnicodeDecodeError and its own kinds
         raise InvalidArgument(f"request body is not valid msgpack: {exc}") from None
 
@@ -127,6 +187,8 @@ def _parameters(raw: Any, where: str) -> Parameters | None:
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{where}: 'parameters' must be an object")
     for key, value in raw.items():
+        if not isinstance(key, str):  # msgpack maps may have bytes keys
+            raise InvalidArgument(f"{where}: parameter names must be strings, got {key!r:.60}")
         if not isinstance(value, bool | int | float | str):
             raise InvalidArgument(f"{where}: parameter '{key}' must be a bool, a number or a string")
     return raw
@@ -143,20 +205,26 @@ def _request_from_document(
     if not isinstance(raw_inputs, list):
         raise InvalidArgument("'inputs' must be a list")
     if len(raw_inputs) > limits.max_inputs:
-        raise InvalidArgument(f"inference request has {len(raw_inputs)} inputs (limit {limits.max_inputs})")
+        raise ResourceExhausted(f"'inputs' has {len(raw_inputs)} inputs (limit {limits.max_inputs})")
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("'id' must be a string")
+    check_label(request_id, "'id'")
     params = _parameters(doc.get("parameters"), "request")
     binary_output: bool | None = None
     routing_key: str | None = None
+    deadline: float | None = None
     if params:
+        if "timeout" in params:  # Triton's request timeout, in microseconds
+            deadline = timeout_deadline(params["timeout"], time.monotonic())
         binary_output = params.get("binary_data_output")
         if binary_output is not None and not isinstance(binary_output, bool):
             raise InvalidArgument("request parameter 'binary_data_output' must be true or false")
         routing_key = params.get("routing_key")
-        if routing_key is not None and not isinstance(routing_key, str):
-            raise InvalidArgument("request parameter 'routing_key' must be a string")
+        if routing_key is not None:
+            if not isinstance(routing_key, str):
+                raise InvalidArgument("request parameter 'routing_key' must be a string")
+            check_label(routing_key, "request parameter 'routing_key'")
     inputs = []
     offset = 0
     for i, item in enumerate(raw_inputs):
@@ -176,6 +244,7 @@ def _request_from_document(
         params or None,
         routing_key,
         "http",
+        deadline,
     )
 
 
@@ -241,7 +310,9 @@ def _array_from_list(
     while isinstance(probe, list):
         depth += 1
         if depth > limits.max_json_depth:
-            raise InvalidArgument(f"input '{name}': 'data' is nested deeper than {limits.max_json_depth}")
+            raise InvalidArgument(
+                f"input '{name}': 'data' is nested deeper than {limits.max_json_depth} (max_json_depth)"
+            )
         if not probe:
             break
         probe = probe[0]
@@ -264,7 +335,9 @@ def _array_from_list(
             raise InvalidArgument(f"input '{name}': {dt.name} 'data' must hold {_KIND_WORDS[kinds]}")
         elif kinds == "iu" and (int(values.min()) < lo or int(values.max()) > hi):
             raise InvalidArgument(f"input '{name}': 'data' holds values outside the range of {dt.name}")
-    return array_from_values(values.astype(dt.numpy, copy=False), dt, dims, name, *_tensor_limits(limits))
+    with np.errstate(over="ignore"):  # beyond FP16/FP32 range is +-inf, as any cast makes it
+        values = values.astype(dt.numpy, copy=False)
+    return array_from_values(values, dt, dims, name, *_tensor_limits(limits))
 
 
 def _integers_from_floats(
@@ -349,8 +422,9 @@ def encode_infer_response(
     """The response body and its headers (Content-Type, and the header length when binary data follows)."""
     if msgpack:
         return _encode_msgpack(resp), {"Content-Type": MSGPACK_TYPE}
-    outputs = []
+    outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    non_finite: dict[int, bytes] = {}  # output index -> its 'data' as JSON text with Infinity
     for out in resp.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
         if out.binary if out.binary is not None else binary_default:
@@ -358,14 +432,55 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _json_values(out.data, out.datatype)
+            values = _json_values(out.data, out.datatype)
+            if isinstance(values, np.ndarray) and values.dtype.kind == "f" and np.isinf(values).any():
+                non_finite[len(outputs)] = _infinite_json(values)
+            else:
+                entry["data"] = values
         outputs.append(entry)
     doc = _response_head(resp)
-    doc["outputs"] = outputs
-    header = orjson.dumps(doc, option=_NUMPY)
+    if non_finite:
+        header = _spliced_header(doc, outputs, non_finite)
+    else:
+        doc["outputs"] = outputs
+        header = orjson.dumps(doc, option=_NUMPY)
     if not chunks:
         return header, {"Content-Type": JSON_TYPE}
     return b"".join([header, *chunks]), {HEADER_LENGTH: str(len(header)), "Content-Type": BINARY_TYPE}
+
+
+def _infinite_json(values: np.ndarray) -> bytes:
+    """A float array holding +-inf as a JSON list: ``Infinity`` / ``-Infinity`` (tritonclient reads them)
+    and NaN as null, every finite value exactly as orjson writes it on the usual path.
+
+    orjson writes every non-finite value as ``null``, and a number never contains that word: the n-th
+    ``null`` of its text is the n-th non-finite element, so only those are visited in Python.
+    """
+    pieces = orjson.dumps(values, option=_NUMPY).split(b"null")
+    special = values[~np.isfinite(values)].tolist()
+    if len(special) != len(pieces) - 1:  # pragma: no cover - orjson writes one null per non-finite value
+        raise AssertionError("non-finite values and nulls do not match")
+    parts = [pieces[0]]
+    for value, piece in zip(special, pieces[1:], strict=True):
+        parts.append(b"null" if value != value else b"Infinity" if value > 0 else b"-Infinity")
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def _spliced_header(doc: dict[str, Any], outputs: list[dict[str, Any]], texts: dict[int, bytes]) -> bytes:
+    """The response JSON with each output of `texts` given its ready-made 'data' text.
+
+    Built from orjson's own output for every object: an object without 'data' ends in '}', so the data
+    goes in just before it; no placeholder string that a client could forge is ever searched for.
+    """
+    parts = []
+    for i, entry in enumerate(outputs):
+        text = orjson.dumps(entry, option=_NUMPY)
+        if i in texts:
+            text = b"".join((text[:-1], b',"data":', texts[i], b"}"))
+        parts.append(text)
+    head = orjson.dumps(doc, option=_NUMPY)
+    return b"".join((head[:-1], b',"outputs":[', b",".join(parts), b"]}"))
 
 
 def _encode_msgpack(resp: InferResponse) -> bytes:

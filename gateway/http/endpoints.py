@@ -5,21 +5,39 @@ Rules of this module:
   Errors are raised, never rendered here: ``status.error_middleware`` is the one place that answers them.
 - Nothing per request that can be done once: the server metadata body is built at start-up.
 - No logging on the request path.
+- A body is read against the size limit (413 before reading when Content-Length is already too large) and
+  against the clock: after ``BODY_GRACE_S`` the body must keep arriving at ``BODY_MIN_RATE`` bytes/s on
+  average, or the request is answered 408 and its connection closed. A client trickling its body byte by
+  byte is cut off within seconds; a large upload over a slow link is not. Waiting costs a coroutine, never
+  a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.http import codec
 from gateway.service import InferenceService
 from gateway.settings import Limits
-from runtime.errors import InvalidArgument, ResourceExhausted, Unsupported
+from gateway.tensors import check_label
+from runtime.errors import ErrorCode, InvalidArgument, ResourceExhausted, ServingError, Unsupported
 
 _JSON = codec.JSON_TYPE
 _ROUTING_HEADER = "x-routing-key"
+# Defaults for the body clock; a `Limits` field of the same name (body_grace_s, body_min_rate) wins.
+BODY_GRACE_S = 5.0
+BODY_MIN_RATE = 16 * 1024  # bytes per second, on average, once the grace period is over
+
+
+def _body_timeout(limit: int, received: int) -> web.HTTPRequestTimeout:
+    return web.HTTPRequestTimeout(
+        text=f"request body not received in time ({received} bytes arrived; the body must arrive at "
+        f"{limit} bytes/s or faster after the first seconds)"
+    )
 
 
 def _json(doc: Any) -> web.Response:
@@ -36,9 +54,21 @@ def _model(request: web.Request) -> tuple[str, str]:
 
 
 class HttpEndpoints:
-    def __init__(self, service: InferenceService, limits: Limits) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        limits: Limits,
+        body_grace_s: float | None = None,
+        body_min_rate: int | None = None,
+    ) -> None:
         self.service = service
         self.limits = limits
+        self.body_grace_s = float(
+            body_grace_s if body_grace_s is not None else getattr(limits, "body_grace_s", BODY_GRACE_S)
+        )
+        self.body_min_rate = int(
+            body_min_rate if body_min_rate is not None else getattr(limits, "body_min_rate", BODY_MIN_RATE)
+        )
         self._server_metadata = codec.dumps(codec.render_server_metadata(*service.server_metadata()))
 
     def routes(self) -> list[web.RouteDef]:
@@ -65,13 +95,44 @@ class HttpEndpoints:
         return routes
 
     async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within the size limit and the body clock (see the module's rules)."""
         limit = self.limits.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:  # refuse before reading anything
             raise ResourceExhausted(
-                f"request body of {length} bytes is larger than the limit of {limit} bytes"
+                f"request body of {length} bytes is larger than the limit of {limit} bytes (max_body_bytes)"
             )
-        return await request.read()  # the Application's client_max_size bounds bodies of unknown length
+        content = request.content
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        grace, rate = self.body_grace_s, self.body_min_rate
+        chunks: list[bytes] = []
+        received = 0
+        while not content.at_eof():
+            # The deadline moves on with every byte that arrives: grace + received / rate after the start.
+            remaining = start + grace + received / rate - loop.time()
+            if remaining <= 0:
+                raise _body_timeout(rate, received)
+            try:
+                async with asyncio.timeout(remaining):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise _body_timeout(rate, received) from None
+            except HttpProcessingError as exc:  # e.g. broken chunked encoding
+                raise InvalidArgument(f"request body is malformed: {exc.message}") from None
+            except ConnectionError:  # the client went away mid-body: nobody to answer, nothing to log
+                raise ServingError(
+                    "client closed the connection while sending the body", ErrorCode.CANCELLED
+                ) from None
+            if not chunk:
+                break
+            received += len(chunk)
+            if received > limit:  # chunked bodies have no Content-Length to check up front
+                raise ResourceExhausted(
+                    f"request body is larger than the limit of {limit} bytes (max_body_bytes)"
+                )
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -114,7 +175,8 @@ class HttpEndpoints:
             self.limits,
         )
         if infer_request.routing_key is None:  # the body's routing_key parameter wins over the header
-            infer_request.routing_key = headers.get(_ROUTING_HEADER) or None
+            header = headers.get(_ROUTING_HEADER) or None
+            infer_request.routing_key = check_label(header, f"{_ROUTING_HEADER} header") if header else None
         response = await self.service.infer(infer_request)
         use_msgpack = codec.is_msgpack(content_type) or codec.MSGPACK_TYPE in headers.get("Accept", "")
         payload, response_headers = codec.encode_infer_response(

@@ -5,6 +5,7 @@ Rules of this module:
   and our own ServingErrors alike. Never an HTML page, never a traceback.
 - Expected errors (ServingError, aiohttp's HTTPException) are answered, not logged; anything else is a
   bug: one logged traceback and a generic 500, so no internal detail reaches the client.
+- A 408 (a body that did not arrive in time) is sent at once and its connection closed: no lingering.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), content_type=_JSON, headers=headers
-    )
+    try:
+        body = orjson.dumps({"error": message})
+    except orjson.JSONEncodeError:  # a message quoting client text that is not valid Unicode
+        body = orjson.dumps({"error": message.encode("utf-8", "backslashreplace").decode("utf-8")})
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
 
 def error_response(exc: BaseException) -> web.Response:
@@ -70,6 +73,19 @@ def _http_exception_response(request: web.Request, exc: web.HTTPException) -> we
     return json_error(exc.status, message, headers or None)
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send `response` now, then close the connection at once.
+
+    For a body that did not arrive in time (408): aiohttp would otherwise linger, reading the rest of the
+    body for up to ``lingering_time`` seconds, which is just what a trickling client wants. The transport
+    still flushes the answer before it closes.
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -77,6 +93,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise
-        return _http_exception_response(request, exc)
+        response = _http_exception_response(request, exc)
+        if exc.status == 408:
+            await _answer_and_close(request, response)
+        return response
     except Exception as exc:
         return error_response(exc)
