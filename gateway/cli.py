@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     ctl = sub.add_parser("ctl", help="read and change endpoint routing through the control API")
     configure_ctl_parser(ctl)
     add_samples_parser(sub)
+    from benchmarks.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -108,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_ctl(args)
         if args.command == "samples":
             return run_samples(args)
+        if args.command == "bench":
+            from benchmarks.cli import run_bench
+
+            return run_bench(args)
     except SettingsError as exc:
         print(f"onnxgate: {exc}", file=sys.stderr)
         return 2
