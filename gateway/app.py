@@ -15,6 +15,8 @@ import os
 import signal
 import socket
 import ssl
+from collections import Counter
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ from gateway.tls import grpc_credentials, server_context
 from runtime.repository import ModelRepository
 
 log = logging.getLogger("onnxgate")
+ORPHAN_RUNS_WAIT_S = 1.0  # after the drain, runs whose calls are gone (cancelled) get this long to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +72,25 @@ def endpoint_spec(e: EndpointSettings) -> EndpointSpec:
 
 
 async def _start_site(
-    app: web.Application, host: str, port: int, reuse_port: bool, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    ssl_context: ssl.SSLContext | None = None,
+    grace_s: float = 10.0,
+    cancel_on_disconnect: bool = False,
 ) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10.0)
+    # keepalive_timeout: aiohttp's default (an hour) is the only timer that closes a connection that
+    # never finishes its headers; 75 s matches common proxies. handler_cancellation: a client that hangs
+    # up cancels its request's work (inference only; control changes finish whatever the client does).
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=grace_s,
+        keepalive_timeout=75,
+        handler_cancellation=cancel_on_disconnect,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner, host, port, reuse_port=reuse_port or None, backlog=1024, ssl_context=ssl_context
@@ -130,6 +149,7 @@ class Gateway:
             self.registry.register(SnapshotCollector(lambda: self._scraped))
         self._runners: list[web.AppRunner] = []
         self._grpc: GrpcServer | None = None
+        self.stuck_runs = False  # set by stop() when runs outlived the grace period
         self.ports: BoundPorts | None = None
 
     def _sampling(self, settings: Settings, worker: int | None) -> SampleSink:
@@ -178,6 +198,8 @@ class Gateway:
                 s.http_port,
                 reuse,
                 server_context(s),
+                grace_s=s.shutdown_grace_s,
+                cancel_on_disconnect=True,
             )
             self._runners.append(http_runner)
             self._grpc = await start_grpc_server(
@@ -188,6 +210,7 @@ class Gateway:
                 reuse_port=reuse,
                 credentials=grpc_credentials(s),
                 auth=token_check,
+                max_pending_requests=s.grpc_max_pending_requests,
             )
             grpc_port = self._grpc.port
         if self.controller is not None:
@@ -265,20 +288,60 @@ class Gateway:
     ) -> list[dict[str, Any]]:
         return self.service.recent_samples(endpoint, version, role, limit)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish within `grace_s`, then release everything."""
+    def _outcomes(self) -> Counter[str]:
+        """Requests answered so far by outcome code, over every series of this process."""
+        total: Counter[str] = Counter()
+        for series in self.service.recorder.series.values():
+            for (_, code), n in series.counts.items():
+                total[code] += n
+        return total
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Shut down in the order clients need (default grace: the shutdown_grace_s setting, else 10 s).
+
+        1. Readiness turns false (``/v2/health/ready``, ServerReady, gRPC health NOT_SERVING).
+        2. Every listener stops accepting at the same moment (gRPC, HTTP, metrics, control; with workers,
+           each worker gets SIGTERM at once and does the same); requests already accepted get the grace
+           period to finish and are answered, anything still running after it is cancelled.
+        3. Shadow runs are stopped (RunOptions.terminate), so a hung shadow cannot hold up the exit.
+        4. The sample sink writes out what it holds, then the inference threads finish.
+        """
+        if grace_s is None:
+            grace_s = self.settings.shutdown_grace_s
         self.service.draining = True
+        recorder = self.service.recorder
+        in_flight, before = recorder.in_flight, self._outcomes()
+        stopping: list[Awaitable[None]] = []
         if self.fleet is not None:
-            await self.fleet.stop(grace_s)
+            stopping.append(self.fleet.stop(grace_s))
         if self._grpc is not None:
-            await self._grpc.set_serving(False)
-            await self._grpc.server.stop(grace_s)
-        for runner in self._runners:
-            await runner.cleanup()
+            stopping.append(self._grpc.stop(grace_s))
+        stopping.extend(runner.cleanup() for runner in self._runners)
+        for outcome in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.error("a listener failed to stop cleanly", exc_info=outcome)
+        if self.fleet is None:
+            during = self._outcomes() - before
+            log.info(
+                "drained: %d requests in flight at the signal; outcomes during the drain: %s; "
+                "%d still in flight after the grace period",
+                in_flight,
+                ", ".join(f"{code}={n}" for code, n in sorted(during.items())) or "none",
+                recorder.in_flight,
+            )
         await self.shadow.stop()
         if self.sink is not None:
             await asyncio.to_thread(self.sink.close, 5.0)
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        # Runs still on threads now are ones nobody waits for (every call has ended): a moment to finish.
+        finishing = asyncio.ensure_future(
+            asyncio.to_thread(self.executor.shutdown, True, cancel_futures=True)
+        )
+        done, _ = await asyncio.wait((finishing,), timeout=ORPHAN_RUNS_WAIT_S)
+        if not done:
+            self.stuck_runs = True
+            log.error(
+                "inference runs that no call waits for are still busy (no deadline to stop them); not waiting"
+            )
 
 
 async def serve(settings: Settings, ports_file: Path | None = None) -> None:
@@ -310,3 +373,9 @@ async def serve(settings: Settings, ports_file: Path | None = None) -> None:
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
+    log.info("stopped")
+    if gateway.stuck_runs:
+        # Interpreter exit would join the executor's threads, and a run that cannot be stopped (no deadline,
+        # no RunOptions) would hold the process forever: every answer is already sent, so leave now.
+        logging.shutdown()
+        os._exit(0)

@@ -100,6 +100,10 @@ class Settings:
     shadow_queue_size: int = 1024  # shadow work waiting to run; beyond it work is dropped and counted
     shadow_concurrency: int = 2  # shadow requests running at once
     shadow_timeout_s: float = 5.0  # a shadow request that takes longer is abandoned and counted
+    shutdown_grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
+    # gRPC core's own bound on calls received but not yet handed to Python (0: none). Under overload it
+    # refuses early and cheaply, but as CANCELLED without a retry hint: see README, Limits.
+    grpc_max_pending_requests: int = 0
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)

@@ -20,7 +20,12 @@ Rules of this module:
   held across an await. `_execute` runs on an executor thread and touches only the session and its own
   batch. No per-request logging; the only Python loops are over requests, never over tensor elements.
 - A request cancelled while queued leaves the queue; one cancelled while its batch runs is dropped when the
-  batch returns (the batch itself always completes).
+  batch returns. The batch itself completes unless every request in it has gone (cancelled or past its
+  deadline) and it has RunOptions: then its `terminate` flag stops the run.
+- Deadlines: a request with a deadline has a timer on the loop; at the deadline it leaves the queue (or its
+  running batch) and is answered DEADLINE_EXCEEDED. `_dispatch` skips requests already past their deadline,
+  and `_execute` checks again on the thread right before stacking, so an expired request never runs. Only a
+  batch holding a request with a deadline gets an `ort.RunOptions`; batches without pay nothing for it.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnxruntime as ort
 
 from runtime.config import BatchingConfig
-from runtime.errors import InternalError, ServingError
+from runtime.errors import DeadlineExceeded, InternalError, ServingError
 
 if TYPE_CHECKING:
     from runtime.model import ModelVersion
@@ -47,6 +53,25 @@ log = logging.getLogger("onnxgate.runtime")
 
 # Per input, in the graph's order: the shape without the batch dimension, and the dtype.
 Key = tuple[tuple[tuple[int, ...], np.dtype], ...]
+
+# Where a request was when its deadline passed (the end of the DEADLINE_EXCEEDED message).
+BEFORE_ADMISSION = "before it was admitted"
+WHILE_QUEUED = "while it waited in the queue; it never ran"
+DURING_RUN = "during its run, which was stopped"
+
+
+def deadline_passed(name: str, version: int, stage: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline exceeded for model '{name}' version {version} {stage}")
+
+
+def terminable_run_options() -> ort.RunOptions:
+    """RunOptions whose `terminate` the event loop may raise (about 1 us to make, so only when needed).
+
+    A terminated run is an expected outcome here, so its own ORT error log is silenced (level 4: fatal only).
+    """
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
 
 
 @dataclass(slots=True)
@@ -69,7 +94,24 @@ class _Request:
     key: Key
     enqueued_ns: int
     future: asyncio.Future[BatchedAnswer]
+    deadline: float | None = None  # time.monotonic()
     queued: bool = True
+    batch: _Batch | None = None  # its running batch, once dispatched with RunOptions
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """Requests dispatched together to one executor thread, tracked only when the run can be stopped."""
+
+    requests: list[_Request]
+    options: ort.RunOptions
+    live: int  # requests still waiting for this batch's answer
+
+    def leave(self) -> None:
+        """One request no longer wants the answer; when none does, the run is stopped."""
+        self.live -= 1
+        if self.live == 0:
+            self.options.terminate = True
 
 
 @dataclass(slots=True, eq=False)
@@ -117,11 +159,16 @@ class DynamicBatcher:
     # ---------------------------------------------------------------- event loop side
 
     async def infer(
-        self, feeds: Mapping[str, np.ndarray], names: Sequence[str], rows: int, now_ns: int
+        self,
+        feeds: Mapping[str, np.ndarray],
+        names: Sequence[str],
+        rows: int,
+        now_ns: int,
+        deadline: float | None = None,
     ) -> BatchedAnswer:
-        """Queue a validated request and wait for its share of a batch."""
+        """Queue a validated request and wait for its share of a batch (or its deadline)."""
         key = tuple([(a.shape[1:], a.dtype) for a in [feeds[n] for n in self._input_names]])
-        request = _Request(feeds, names, rows, key, now_ns, self.loop.create_future())
+        request = _Request(feeds, names, rows, key, now_ns, self.loop.create_future(), deadline)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key)
@@ -131,15 +178,39 @@ class DynamicBatcher:
         if not self._wakeup:
             self._wakeup = True
             self.loop.call_soon(self._schedule)
+        if deadline is None:
+            try:
+                return await request.future
+            except asyncio.CancelledError:
+                self._leave(request)
+                raise
+        timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, request)
         try:
             return await request.future
         except asyncio.CancelledError:
-            self._withdraw(request)
+            self._leave(request)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, request: _Request) -> None:
+        """The request's deadline passed: it leaves the queue or its batch and is answered at once."""
+        if request.future.done():
+            return
+        stage = WHILE_QUEUED if request.queued else DURING_RUN
+        self._leave(request)
+        request.future.set_exception(deadline_passed(self._version.name, self._version.version, stage))
+
+    def _leave(self, request: _Request) -> None:
+        if request.batch is not None:
+            batch, request.batch = request.batch, None
+            batch.leave()  # the batch completes and the answer is dropped, unless nobody is left
+            return
+        self._withdraw(request)  # queued: leaves the queue; in a batch without RunOptions: answer dropped
 
     def _withdraw(self, request: _Request) -> None:
         if not request.queued:
-            return  # already part of a batch: the batch completes and the answer is dropped
+            return
         request.queued = False
         group = self._groups[request.key]
         group.requests.remove(request)
@@ -189,20 +260,33 @@ class DynamicBatcher:
         requests = group.requests
         batch: list[_Request] = []
         rows = taken_rows = taken = 0
+        clock = 0.0  # time.monotonic(), read only if a request has a deadline
         while requests and taken_rows + requests[0].rows <= self._max_rows:
             request = requests.popleft()
             request.queued = False
             taken += 1
             taken_rows += request.rows
-            if not request.future.done():  # cancelled, its task not yet resumed to withdraw it
-                batch.append(request)
-                rows += request.rows
+            if request.future.done():  # cancelled, its task not yet resumed to withdraw it
+                continue
+            if request.deadline is not None:
+                clock = clock or time.monotonic()
+                if request.deadline <= clock:  # its timer is due in this very iteration
+                    self._expire(request)
+                    continue
+            batch.append(request)
+            rows += request.rows
         group.rows -= taken_rows
         self.waiting -= taken
         if not requests:
             del self._groups[group.key]
         if not batch:
             return
+        options = None
+        if clock:  # a request with a deadline: the batch can be stopped once nobody wants its answer
+            options = terminable_run_options()
+            running = _Batch(batch, options, len(batch))
+            for r in batch:
+                r.batch = running
         first = batch[0].names
         if all(r.names is first for r in batch):
             names = list(first)
@@ -211,16 +295,19 @@ class DynamicBatcher:
             names = [n for n in self._version.output_names if n in wanted]
         self.running += 1
         try:
-            run = self.loop.run_in_executor(self._executor, self._execute, batch, names, rows)
+            future = self.loop.run_in_executor(self._executor, self._execute, batch, names, rows, options)
         except RuntimeError as exc:  # the executor is shut down: the gateway is stopping
             self.running -= 1
             for r in batch:
+                r.batch = None
                 r.future.set_exception(self._version.run_error(exc))
             return
-        run.add_done_callback(functools.partial(self._finished, batch))
+        future.add_done_callback(functools.partial(self._finished, batch))
 
     def _finished(self, batch: list[_Request], run: asyncio.Future[_Report]) -> None:
         self.running -= 1
+        for r in batch:
+            r.batch = None
         try:
             report = run.result()
         except BaseException as exc:  # cancelled by an executor shutdown, or a bug in _execute
@@ -245,7 +332,32 @@ class DynamicBatcher:
 
     # ---------------------------------------------------------------- executor thread side
 
-    def _execute(self, batch: list[_Request], names: list[str], rows: int) -> _Report:
+    def _execute(
+        self, batch: list[_Request], names: list[str], rows: int, options: ort.RunOptions | None
+    ) -> _Report:
+        if options is not None:  # some requests have deadlines: those already past them must not run
+            now = time.monotonic()
+            if any(r.deadline is not None and r.deadline <= now for r in batch):
+                return self._execute_unexpired(batch, names, options, now)
+        return self._execute_batch(batch, names, rows, options)
+
+    def _execute_unexpired(
+        self, batch: list[_Request], names: list[str], options: ort.RunOptions, now: float
+    ) -> _Report:
+        """Run the requests still within their deadlines; the others are answered DEADLINE_EXCEEDED."""
+        alive = [r.deadline is None or r.deadline > now for r in batch]
+        todo = [r for r, ok in zip(batch, alive, strict=True) if ok]
+        report = self._execute_batch(todo, names, sum(r.rows for r in todo), options) if todo else None
+        done = iter(report.answers if report is not None else ())
+        version = self._version
+        answers = [
+            next(done) if ok else deadline_passed(version.name, version.version, WHILE_QUEUED) for ok in alive
+        ]
+        return _Report(answers, report.runs if report is not None else [])
+
+    def _execute_batch(
+        self, batch: list[_Request], names: list[str], rows: int, options: ort.RunOptions | None
+    ) -> _Report:
         started = time.perf_counter_ns()
         version = self._version
         latin1 = [False] * len(batch)
@@ -262,12 +374,15 @@ class DynamicBatcher:
             else:
                 feeds = {n: np.concatenate([p[n] for p in parts]) for n in self._input_names}
             stacked = time.perf_counter_ns()
-            outputs = version.session.run(names, feeds)
+            outputs = version.session.run(names, feeds, options)
             ran = time.perf_counter_ns()
             if any(o.shape[:1] != (rows,) for o in outputs):
                 raise ValueError("outputs are not row-aligned with the stacked inputs")
         except Exception:
-            return self._execute_alone(batch, started)
+            if options is not None and options.terminate:  # stopped: nobody wants the answers any more
+                stopped = deadline_passed(version.name, version.version, DURING_RUN)
+                return _Report([stopped] * len(batch), [])
+            return self._execute_alone(batch, started, options)
         index = {n: i for i, n in enumerate(names)}
         answers: list[BatchedAnswer | ServingError] = []
         offset = 0
@@ -289,7 +404,7 @@ class DynamicBatcher:
                 a.input_ns, a.infer_ns, a.output_ns = input_ns, infer_ns, output_ns
         return _Report(answers, [(rows, input_ns, infer_ns, output_ns)])
 
-    def _execute_alone(self, batch: list[_Request], started: int) -> _Report:
+    def _execute_alone(self, batch: list[_Request], started: int, options: ort.RunOptions | None) -> _Report:
         """After a failed batched run: each request on its own, so only the guilty ones fail."""
         version = self._version
         answers: list[BatchedAnswer | ServingError] = []
@@ -297,7 +412,10 @@ class DynamicBatcher:
         for r in batch:
             t = time.perf_counter_ns()
             try:
-                arrays, _, infer_ns = version._run(r.feeds, list(r.names), t)
+                arrays, _, infer_ns = version._run(r.feeds, list(r.names), t, r.deadline, options)
+            except ServingError as exc:
+                answers.append(exc)
+                continue
             except Exception as exc:
                 answers.append(version.run_error(exc))
                 continue

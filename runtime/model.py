@@ -5,7 +5,17 @@ Rules of this module:
   request pays only for checking its own inputs against precomputed tables.
 - Statistics are plain integers updated on the event loop thread after the run returns, so they need no
   lock (the run itself happens on an executor thread).
-- A request is admitted only while the version's queue has room; beyond that it is refused at once.
+- A request is admitted only while the version's queue has room; beyond that it is refused at once
+  (`QueueFull`: UNAVAILABLE with a retry-after hint). `busy` (the queue half full) is the signal on which the
+  shadow lane gives way before any client is refused.
+- Deadlines: a request whose deadline (a `time.monotonic()` value) has passed is refused with
+  `DeadlineExceeded` before it is admitted, and again on the executor thread right before its run starts,
+  so one that waited in a queue past its deadline never runs. Only a run with a deadline gets an
+  `ort.RunOptions` (about 1 us); a timer set from the event loop raises its `terminate` flag at the deadline,
+  and ONNX Runtime stops the run at its next node. Runs without a deadline pass no RunOptions: the common
+  path allocates nothing for this. Inline runs (shorter than a thread hand-off) are only checked on entry.
+  A cancelled call leaves the executor's queue if its run has not started; a started run with RunOptions is
+  terminated, one without finishes and its answer is dropped.
 - A version batches only when its config has [dynamic_batching] and it has a batch dimension
   (max_batch_size > 0); then requests go through a `DynamicBatcher` per executor (runtime/batching.py),
   every other version runs each request on its own exactly as before.
@@ -16,14 +26,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from runtime.batching import BatchedAnswer, DynamicBatcher
+from runtime.batching import (
+    BEFORE_ADMISSION,
+    DURING_RUN,
+    WHILE_QUEUED,
+    BatchedAnswer,
+    DynamicBatcher,
+    deadline_passed,
+    terminable_run_options,
+)
 from runtime.config import AUTO_MAX_BATCH_SIZE, MODEL_FILE, BatchingConfig, ModelConfig, TensorOverride
 from runtime.datatypes import BY_ORT_TYPE, BYTES, DataType, from_numpy
 from runtime.errors import InternalError, InvalidArgument, ModelLoadError, ServingError, Unavailable
@@ -48,6 +66,20 @@ class QueueFull(Unavailable):
     """The version's admission queue is full; clients should retry later."""
 
     retry_after_s = 1
+
+
+@dataclass(slots=True, eq=False)
+class _Expiry:
+    """The deadline timer's handle on one unbatched run (event loop side only)."""
+
+    run: Future[tuple[list[np.ndarray], int, int]]
+    options: ort.RunOptions
+    expired: bool = False
+
+    def fire(self) -> None:
+        self.expired = True
+        self.options.terminate = True  # a started run stops at its next node
+        self.run.cancel()  # a run still in the executor's queue leaves it (no-op once started)
 
 
 @dataclass(slots=True)
@@ -324,11 +356,18 @@ class ModelVersion:
         )
 
     def _run(
-        self, feeds: Mapping[str, np.ndarray], names: list[str], submitted: int
+        self,
+        feeds: Mapping[str, np.ndarray],
+        names: list[str],
+        submitted: int,
+        deadline: float | None = None,
+        options: ort.RunOptions | None = None,
     ) -> tuple[list[np.ndarray], int, int]:
         started = time.perf_counter_ns()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise deadline_passed(self.name, self.version, WHILE_QUEUED)
         feeds, latin1 = self.feeds_for_ort(feeds)
-        outputs = self.outputs_from_ort(self.session.run(names, feeds), latin1)
+        outputs = self.outputs_from_ort(self.session.run(names, feeds, options), latin1)
         return outputs, started - submitted, time.perf_counter_ns() - started
 
     def record_batch(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
@@ -351,19 +390,30 @@ class ModelVersion:
             self._batchers[executor] = batcher
         return batcher
 
+    @property
+    def busy(self) -> bool:
+        """The admission queue is at least half full: the shadow lane stops adding work here."""
+        return 2 * self.pending >= self.max_queue_size
+
     async def infer(
         self,
         feeds: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None,
         executor: Executor | None = None,
+        deadline: float | None = None,
     ) -> Execution:
         """Run one request; the outputs are (name, array) for each requested output, in the order asked for.
 
         `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool;
         with dynamic batching that caller's requests are batched among themselves, on that executor.
+        `deadline` (time.monotonic()): refused if passed before the run starts, terminated when it passes
+        during the run; either way `DeadlineExceeded`.
         """
         t0 = time.perf_counter_ns()
         stats = self.stats
+        if deadline is not None and time.monotonic() >= deadline:
+            stats.fail_count += 1
+            raise deadline_passed(self.name, self.version, BEFORE_ADMISSION)
         batcher = None
         if self.batching is not None:
             batcher = self._batcher(executor)
@@ -386,11 +436,15 @@ class ModelVersion:
             t1 = time.perf_counter_ns()
             answer = None
             if batcher is not None and batch:  # an empty request has nothing to stack: it runs alone
-                answer = await batcher.infer(feeds, names, batch, t1)
+                answer = await batcher.infer(feeds, names, batch, t1, deadline)
             else:
                 try:
-                    if self.inline and executor is None:
+                    if self.inline and executor is None:  # shorter than a thread hand-off: nothing to stop
                         arrays, queue_ns, infer_ns = self._run(feeds, names, t1)
+                    elif deadline is not None:
+                        arrays, queue_ns, infer_ns = await self._run_until(
+                            executor or self._executor, feeds, names, t1, deadline
+                        )
                     else:
                         arrays, queue_ns, infer_ns = await asyncio.get_running_loop().run_in_executor(
                             executor or self._executor, self._run, feeds, names, t1
@@ -422,6 +476,39 @@ class ModelVersion:
         stats.last_inference_ms = time.time_ns() // 1_000_000
         self.record_batch(batch, input_ns, infer_ns, output_ns)
         return Execution(result, queue_ns, infer_ns, batch)
+
+    async def _run_until(
+        self, executor: Executor, feeds: Mapping[str, np.ndarray], names: list[str], t1: int, deadline: float
+    ) -> tuple[list[np.ndarray], int, int]:
+        """An unbatched run that stops at `deadline`.
+
+        Returns (or raises) only once the executor thread is done with the run, so a caller that holds a
+        slot while it waits (the shadow lane) never has more runs on threads than slots. A run that never
+        started (still queued at the deadline) returns at once.
+        """
+        options = terminable_run_options()
+        run: Future[tuple[list[np.ndarray], int, int]] = executor.submit(
+            self._run, feeds, names, t1, deadline, options
+        )
+        expiry = _Expiry(run, options)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), expiry.fire)
+        try:
+            return await asyncio.wrap_future(run)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not expiry.expired or (task is not None and task.cancelling()):  # the caller was cancelled
+                options.terminate = True
+                raise
+            raise deadline_passed(self.name, self.version, WHILE_QUEUED) from None
+        except ServingError:
+            raise
+        except Exception:
+            if expiry.expired:
+                raise deadline_passed(self.name, self.version, DURING_RUN) from None
+            raise
+        finally:
+            timer.cancel()
 
     def _batched_execution(
         self, answer: BatchedAnswer, names: list[str], rows: int, t0: int, t1: int

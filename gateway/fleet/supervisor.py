@@ -6,6 +6,12 @@ Rules of this module:
 - Ports asked as 0 are resolved once, here, and reserved with an SO_REUSEPORT socket until the workers
   listen on them, so all workers share one port.
 - A push to a worker that is down is skipped: a restarted worker is given the current state at start.
+- A worker that dies is restarted; the others keep serving on the shared ports meanwhile. The delay before
+  a restart doubles (0.5 s up to 30 s) while a worker keeps dying within `STABLE_S` of its start, and is
+  back to 0.5 s once one has lived that long. A restart that fails (the new process dies, or is not ready
+  in time and is killed) is followed by another one, so a slot is never left empty for good.
+- On stop every worker gets SIGTERM at the same moment and drains on its own; the supervisor waits for
+  them (grace period + 5 s), then kills any that is left.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from gateway.settings import Settings
 
 log = logging.getLogger("onnxgate.supervisor")
 _CTX = multiprocessing.get_context("spawn")
+STABLE_S = 30.0  # a worker that lived this long had a fault, not a crash loop: restart it at once
+FIRST_DELAY_S = 0.5
+MAX_DELAY_S = 30.0
+READY_TIMEOUT_S = 300.0
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -61,6 +71,8 @@ class Fleet:
         self._current_specs = current_specs
         self.workers: dict[int, _Worker] = {}
         self.restarts = 0
+        self._quick_deaths: dict[int, int] = {}  # per slot: deaths in a row within STABLE_S of a start
+        self._respawns: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     async def start(self) -> None:
@@ -83,8 +95,10 @@ class Fleet:
         loop = asyncio.get_running_loop()
         loop.add_reader(process.sentinel, self._exited, worker)
         try:
-            pid = await link.call("ready", timeout=300)
+            pid = await link.call("ready", timeout=READY_TIMEOUT_S)
         except (LinkClosed, TimeoutError) as exc:
+            if process.is_alive():  # stuck in its start-up: its exit makes the next restart happen
+                process.kill()
             raise RuntimeError(f"worker {index} did not start: {exc}") from None
         log.info("worker %d ready (pid %d)", index, pid)
 
@@ -92,16 +106,34 @@ class Fleet:
         loop = asyncio.get_running_loop()
         loop.remove_reader(worker.process.sentinel)
         worker.link.close()
+        worker.process.join(1.0)  # the sentinel closes a moment before the process can be reaped
         if self._stopping or self.workers.get(worker.index) is not worker:
             return
-        log.error("worker %d exited with %s; starting a new one", worker.index, worker.process.exitcode)
+        quick = time.monotonic() - worker.started < STABLE_S
+        deaths = self._quick_deaths[worker.index] = (
+            self._quick_deaths.get(worker.index, 0) + 1 if quick else 0
+        )
+        delay = min(FIRST_DELAY_S * 2 ** max(0, deaths - 1), MAX_DELAY_S)
+        log.error(
+            "worker %d (pid %s) exited with %s; starting a new one in %.1f s",
+            worker.index,
+            worker.process.pid,
+            worker.process.exitcode,
+            delay,
+        )
         self.restarts += 1
-        task = asyncio.ensure_future(self._respawn(worker.index))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task = asyncio.ensure_future(self._respawn(worker.index, delay))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawned)
 
-    async def _respawn(self, index: int) -> None:
+    def _respawned(self, task: asyncio.Task[None]) -> None:
+        self._respawns.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s; trying again when it exits", exc)  # its process is dead or killed: _exited follows
+
+    async def _respawn(self, index: int, delay: float) -> None:
         # A worker that dies at once again and again should not spin the machine.
-        await asyncio.sleep(0.5 if self.restarts < 10 else 5.0)
+        await asyncio.sleep(delay)
         if not self._stopping:
             await self._spawn(index)
 
@@ -128,6 +160,8 @@ class Fleet:
 
     async def stop(self, grace_s: float) -> None:
         self._stopping = True
+        for task in tuple(self._respawns):
+            task.cancel()
         for w in self.workers.values():
             if w.process.is_alive():
                 w.process.terminate()  # SIGTERM: the worker drains its in-flight requests

@@ -137,6 +137,7 @@ async def start_grpc_server(
     reuse_port: bool = False,
     credentials: grpc.ServerCredentials | None = None,
     auth: Authenticator | None = None,
+    max_pending_requests: int = 0,
 ) -> GrpcServer:
     """Start serving on host:port (0 = an ephemeral port); health starts as ``service.ready()`` says.
 
@@ -150,7 +151,16 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", limits.max_body_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_connection_idle_ms", 300_000),  # idle connections do not hold resources forever
-        ],
+        ]
+        + (
+            # gRPC core refuses calls beyond this many waiting for Python (soft) or 4x (hard).
+            [
+                ("grpc.server.max_pending_requests", max_pending_requests),
+                ("grpc.server.max_pending_requests_hard_limit", 4 * max_pending_requests),
+            ]
+            if max_pending_requests > 0
+            else []
+        ),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
     health_servicer = _HealthServicer()
