@@ -99,7 +99,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace) -> tuple[Options, tuple[str, ...]]:
     quick = bool(args.quick)
-    out = args.out or DEFAULT_OUT / time.strftime("%Y%m%d-%H%M%S")
+    # Absolute: the peers (MLServer, Triton) run with working directories of their own.
+    out = (args.out or DEFAULT_OUT / time.strftime("%Y%m%d-%H%M%S")).resolve()
     options = Options(
         out=Path(out),
         duration_s=args.duration if args.duration is not None else (2.0 if quick else 10.0),
