@@ -219,8 +219,9 @@ class InferenceService:
             recorder.in_flight -= 1
         arrays = execution.outputs
         sampled = policy.rate > 0.0 and self.sink is not None and policy.decide(request.id)
-        if sampled and not request.id:
-            request.id = uuid.uuid4().hex  # links the served and the shadow record of this request
+        # Records of a request without an id get one of their own, linking its served and shadow records;
+        # the client's answer still echoes only what the client sent.
+        sample_id = (request.id or uuid.uuid4().hex) if sampled else ""
         if (
             route.shadow is not None
             and role is not Role.PINNED
@@ -233,7 +234,7 @@ class InferenceService:
                 route.shadow,
                 feeds,
                 arrays,
-                (request.id, request.routing_key) if sampled else None,
+                (sample_id, request.routing_key) if sampled else None,
             )
         specs = mv.output_specs
         if requested:
@@ -249,7 +250,7 @@ class InferenceService:
         )
         if sampled:
             tensors: list[Tensor] = [(o.name, o.datatype, o.shape, o.data) for o in outputs]
-            self._sample(request, route.endpoint, mv, role, tensors, elapsed_us, "OK", None)
+            self._sample(request, route.endpoint, mv, role, tensors, elapsed_us, "OK", None, sample_id)
         return InferResponse(request.model_name, mv.version_str, request.id, outputs)
 
     def _sample(
@@ -262,11 +263,12 @@ class InferenceService:
         latency_us: int,
         status: str,
         error: str | None,
+        request_id: str | None = None,
     ) -> None:
         assert self.sink is not None
         inputs: list[Tensor] = [(t.name, t.datatype, t.shape, t.data) for t in request.inputs]
         record = SampleRecord(
-            time.time(), request.id, endpoint, mv.name, mv.version_str, role, request.routing_key,
+            time.time(), request_id or request.id, endpoint, mv.name, mv.version_str, role, request.routing_key,
             inputs, outputs, latency_us, status, error,
         )  # fmt: skip
         self.sink.offer(record, self._sensitive)
