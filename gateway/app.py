@@ -208,9 +208,11 @@ class Gateway:
                 s.grpc_port,
                 s.limits,
                 reuse_port=reuse,
-                credentials=grpc_credentials(s),
+                credentials=grpc_credentials(s) if s.grpc_transport == "grpcio" else None,
                 auth=token_check,
                 max_pending_requests=s.grpc_max_pending_requests,
+                transport=s.grpc_transport,
+                ssl_context=server_context(s),
             )
             grpc_port = self._grpc.port
         if self.controller is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from gateway import __version__
 from gateway.ctl import configure_parser as configure_ctl_parser
 from gateway.ctl import run as run_ctl
 from gateway.logs import configure as configure_logging
+from gateway.loop import run as run_loop
 from gateway.samples_cli import add_samples_parser, run_samples
 from gateway.settings import SettingsError, load_settings
 
@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(config, overrides)
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings, args.ports_file))
+    run_loop(serve(settings, args.ports_file), settings)
     return 0
 
 

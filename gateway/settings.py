@@ -104,6 +104,11 @@ class Settings:
     # gRPC core's own bound on calls received but not yet handed to Python (0: none). Under overload it
     # refuses early and cheaply, but as CANCELLED without a retry hint: see README, Limits.
     grpc_max_pending_requests: int = 0
+    # "native": our own HTTP/2 gRPC transport (gateway.grpc.h2, about a third of grpc.aio's CPU per call);
+    # "grpcio": grpc.aio, kept as the reference implementation and a fallback.
+    grpc_transport: str = "native"
+    # "auto": uvloop when it is installed and the gRPC transport is native; "uvloop"; "asyncio".
+    event_loop: str = "auto"
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)

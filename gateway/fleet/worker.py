@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.fleet.link import Link
 from gateway.logs import configure as configure_logging
+from gateway.loop import run as run_loop
 from gateway.routing.table import EndpointSpec
 from gateway.settings import Settings
 
@@ -35,7 +36,7 @@ def run_worker(
     configure_logging(settings.log_level, tag=f"[w{index}]")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     worker_settings = dataclasses.replace(settings, http_port=http_port, grpc_port=grpc_port)
-    asyncio.run(_serve(worker_settings, index, specs, conn))
+    run_loop(_serve(worker_settings, index, specs, conn), worker_settings)
 
 
 async def _serve(settings: Settings, index: int, specs: dict[str, EndpointSpec], conn: Connection) -> None:

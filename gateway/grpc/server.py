@@ -1,11 +1,15 @@
-"""Build and start the grpc.aio server: our servicer, the standard health service, server reflection.
+"""Build and start the gRPC server: our servicer, the standard health service, server reflection.
 
-``start_grpc_server`` returns a ``GrpcServer`` handle (server, bound port, health servicer). The app's
+Two transports serve the same servicers: "native" (gateway.grpc.h2, our own HTTP/2 framing: the default,
+for its CPU cost per call) and "grpcio" (grpc.aio: the reference, and a fallback an operator can choose
+with ``grpc_transport``). ``start_grpc_server`` returns a ``GrpcServer`` handle (bound port, health
+servicer, how to stop). The app's
 composition root keeps it, flips health with ``set_serving`` as ``InferenceService.ready()`` changes, and
 calls ``stop`` at shutdown (health goes NOT_SERVING first, so load balancers drain before the port closes).
 
 Rules of this module:
-- TLS comes as ready-made credentials (gateway.tls); without them the port is plain text.
+- TLS comes ready-made (gateway.tls: credentials for grpc.aio, an SSL context for native); without it the
+  port is plain text.
 - With ``inference_auth`` on, ``TokenInterceptor`` asks every call for ``authorization: Bearer <token>``
   metadata, except ServerLive, ServerReady and the grpc.health service (probes carry no token); a refused
   call is answered UNAUTHENTICATED before its message is decoded. With it off, no interceptor is installed.
@@ -13,21 +17,26 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gateway.control.auth import Authenticator
 from gateway.control.errors import Unauthenticated
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from gateway.grpc.h2.calls import MethodTable
+from gateway.grpc.h2.server import NativeServer, alpn_context
 from gateway.grpc.servicer import InferenceServicer
 from gateway.service import InferenceService
-from gateway.settings import Limits
+from gateway.settings import Limits, SettingsError
+
+TRANSPORTS = ("native", "grpcio")
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -53,7 +62,7 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the insta
 class GrpcServer:
     """A started gRPC server: ``port`` is the bound port (the real one when 0 was asked for)."""
 
-    server: grpc.aio.Server
+    server: grpc.aio.Server | NativeServer
     port: int
     health: Any  # grpc_health HealthServicer (asyncio or threaded flavour)
 
@@ -129,6 +138,32 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _register(service: InferenceService, limits: Limits, server: Any) -> Any:
+    """Our servicer, health and reflection on `server` (a grpc.aio server or a MethodTable)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+    health_servicer = _HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    if isinstance(server, MethodTable):
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), server
+        )
+    else:
+        reflection.enable_server_reflection(names, server)
+    return health_servicer
+
+
+def _token_check(auth: Authenticator) -> Callable[[str | None], str | None]:
+    def check(authorization: str | None) -> str | None:
+        try:
+            auth.check_inference(authorization)
+        except Unauthenticated as exc:
+            return exc.message
+        return None
+
+    return check
+
+
 async def start_grpc_server(
     service: InferenceService,
     host: str,
@@ -138,12 +173,38 @@ async def start_grpc_server(
     credentials: grpc.ServerCredentials | None = None,
     auth: Authenticator | None = None,
     max_pending_requests: int = 0,
+    transport: str = "native",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 = an ephemeral port); health starts as ``service.ready()`` says.
 
-    `credentials` (gateway.tls.grpc_credentials) make the port TLS; `auth` is given only when inference
-    needs a token (``inference_auth``).
+    TLS: `credentials` (gateway.tls.grpc_credentials) for grpc.aio, `ssl_context` (gateway.tls.server_context)
+    for the native transport; `auth` is given only when inference needs a token (``inference_auth``).
+    `max_pending_requests` bounds calls waiting for Python (grpcio) or in progress (native); 0: no bound.
     """
+    if transport not in TRANSPORTS:
+        raise SettingsError(
+            f"setting 'grpc_transport' is '{transport}'; it must be one of {', '.join(TRANSPORTS)}"
+        )
+    if transport == "native":
+        table = MethodTable()
+        health_servicer = _register(service, limits, table)
+        native = NativeServer(
+            table.methods,
+            limits.max_body_bytes,
+            auth=_token_check(auth) if auth is not None else None,
+            open_paths=frozenset(p.encode() for p in OPEN_METHODS)
+            | frozenset(p for p in table.methods if p.decode().startswith(OPEN_PREFIXES)),
+            max_active=max_pending_requests,
+            ssl_context=alpn_context(ssl_context) if ssl_context is not None else None,
+        )
+        try:
+            bound = await native.listen(host, port, reuse_port)
+        except OSError as exc:
+            raise OSError(f"gRPC server cannot listen on {_address(host, port)}: {exc}") from None
+        handle = GrpcServer(native, bound, health_servicer)
+        await handle.set_serving(service.ready())
+        return handle
     server = grpc.aio.server(
         interceptors=[TokenInterceptor(auth)] if auth is not None else None,
         options=[
@@ -162,10 +223,7 @@ async def start_grpc_server(
             else []
         ),
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
-    health_servicer = _HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    health_servicer = _register(service, limits, server)
     address = _address(host, port)
     try:
         if credentials is not None:
