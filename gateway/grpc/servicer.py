@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from gateway import eager
 from gateway.grpc import codec
 from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
@@ -33,7 +34,6 @@ STREAM_IN_FLIGHT = 256
 # A stream idle this long (no request in flight, none arriving) is ended; a `Limits` field of the same
 # name (stream_idle_timeout_s) or the servicer's argument wins.
 STREAM_IDLE_TIMEOUT_S = 600.0
-_END: Any = object()
 # tritonclient's stream flag for decoupled models: it wants each response marked final.
 _EMPTY_FINAL = "triton_enable_empty_final_response"
 _FINAL = "triton_final_response"
@@ -136,7 +136,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
-        outstanding = [0]  # requests admitted and not yet answered on the wire
 
         async def serve(msg: pb.ModelInferRequest) -> None:
             try:
@@ -152,51 +151,50 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 item = pb.ModelStreamInferResponse(error_message=error_message(exc), infer_response=failed)
             results.put_nowait(item)
 
-        iterator = request_iterator.__aiter__()
-
-        async def next_message() -> Any:
-            try:
-                return await iterator.__anext__()
-            except StopAsyncIteration:
-                return _END
+        # [requests admitted and not yet answered on the wire, monotonic time of the last request or answer]
+        state: list[Any] = [0, time.monotonic()]
+        loop = asyncio.get_running_loop()
+        idle = asyncio.Event()
 
         async def read() -> None:
-            pending: asyncio.Future[Any] | None = None
             try:
-                while True:
-                    if pending is None:
-                        pending = asyncio.ensure_future(next_message())
-                    done, _ = await asyncio.wait((pending,), timeout=idle_s)
-                    if not done:
-                        if outstanding[0]:
-                            continue  # answers are still being made or written: not idle
-                        raise DeadlineExceeded(f"stream sent no request for {idle_s:g} s; closing it")
-                    msg, pending = pending.result(), None
-                    if msg is _END:
-                        break
+                async for msg in request_iterator:
+                    state[1] = time.monotonic()
                     await slots.acquire()  # before the task exists: a fast client cannot outrun the bound
-                    outstanding[0] += 1
-                    task = asyncio.create_task(serve(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    state[0] += 1
+                    task = eager.start(serve(msg), loop)  # an inline model answers without a task
+                    if task is not None:
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
                 while tasks:  # the client half-closed: finish what it sent
                     await asyncio.wait(tuple(tasks))
             finally:
-                if pending is not None:
-                    pending.cancel()
                 results.put_nowait(None)
 
+        async def watch(reader: asyncio.Task[None]) -> None:
+            """The idle rule, off the per-message path: one timer per stream, not one wait per message."""
+            while True:
+                await asyncio.sleep(max(idle_s - (time.monotonic() - state[1]), 0.001))
+                if state[0] == 0 and time.monotonic() - state[1] >= idle_s:
+                    idle.set()
+                    reader.cancel()
+                    return
+
         reader = asyncio.create_task(read())
+        watchdog = asyncio.create_task(watch(reader))
         try:
             while (item := await results.get()) is not None:
                 await context.write(item)
                 slots.release()
-                outstanding[0] -= 1
-            try:
-                await reader  # re-raises a failure to read the stream
-            except ServingError as exc:
-                await abort(context, exc)
+                state[0] -= 1
+                state[1] = time.monotonic()
+            if idle.is_set():
+                raise DeadlineExceeded(f"stream sent no request for {idle_s:g} s; closing it")
+            await reader  # re-raises a failure to read the stream
+        except ServingError as exc:
+            await abort(context, exc)
         finally:
+            watchdog.cancel()
             reader.cancel()
             for task in tuple(tasks):
                 task.cancel()

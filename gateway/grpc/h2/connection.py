@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from gateway import eager
 from gateway.grpc.h2 import frames as f
 from gateway.grpc.h2.calls import Abort, Call
 from gateway.grpc.h2.headers import CompressionError, HeaderDecoder, HeaderListTooLarge
@@ -474,8 +475,9 @@ class Connection(asyncio.Protocol):
         if call.request is None:
             self._finish(call, grpc.StatusCode.UNIMPLEMENTED, "a unary call carried no message")
             return
-        call.task = self.loop.create_task(self._run(call, call.request))
-        call.request = None
+        request, call.request = call.request, None
+        # Eagerly: a call whose model runs inline finishes here, with no task and no loop turn.
+        call.task = eager.start(self._run(call, request), self.loop)
 
     async def _run(self, call: Call, request: Any) -> None:
         method = call.method
