@@ -169,7 +169,7 @@ def write_repository(root: Path) -> dict[str, Path]:
     models = root / "models"
     save_model(build_mlp(SLOW_SIZES, 4242), models / "slow" / "1" / "model.onnx")
     wide = build_mlp(WIDE_SIZES, 2024)
-    for name, batching in (("wide", None), ("wide_batched", {"max_queue_delay_us": 100})):
+    for name, batching in (("wide", None), ("wide_batched", {"max_queue_delay_us": 400})):
         save_model(wide, models / name / "1" / "model.onnx")
         config: dict[str, Any] = {"max_batch_size": 256}
         if batching is not None:
