@@ -205,7 +205,9 @@ def test_a_raw_call_is_answered_in_one_exchange(raw: RawH2) -> None:
     fields, data = raw.response(1)
     assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"0"
     answer = service_pb2.ModelInferResponse.FromString(data[5:])
-    assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [a + b for a, b in zip(A, B, strict=True)]
+    assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [
+        a + b for a, b in zip(A, B, strict=True)
+    ]
 
 
 def test_request_split_across_many_data_frames(raw: RawH2) -> None:
@@ -317,7 +319,9 @@ def test_answers_respect_a_tiny_client_window(gateway: GatewayProcess) -> None:
             if kind == f.HEADERS and sid == 1 and flags & f.END_STREAM:
                 break
         answer = service_pb2.ModelInferResponse.FromString(got[5:])
-        assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [a + b for a, b in zip(A, B, strict=True)]
+        assert np.frombuffer(answer.raw_output_contents[0], "<i4").tolist() == [
+            a + b for a, b in zip(A, B, strict=True)
+        ]
     finally:
         client.close()
 
@@ -462,3 +466,19 @@ def test_grpcio_transport_serves_the_same_answers(
             )
         )
     assert answers[0] == answers[1]
+
+
+def test_client_that_reads_late_gets_every_answer(gateway: GatewayProcess) -> None:
+    """600 calls pipelined before the client reads anything: every one is answered once it reads."""
+    client = RawH2(gateway.ports["grpc"])
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        body = simple_request()
+        sids = list(range(1, 1201, 2))
+        for sid in sids:
+            client.headers(sid)
+            client.message(sid, body)
+        statuses = [client.response(sid)[0].get(b"grpc-status") for sid in sids]
+        assert statuses == [b"0"] * len(sids)
+    finally:
+        client.close()

@@ -14,7 +14,8 @@ Rules of this module:
   handler's ``write`` awaits until its message is on its way (and while the socket's buffer is full).
 - A request message over ``max_message`` is refused before it is buffered (RESOURCE_EXHAUSTED).
 - Protocol violations end the connection with GOAWAY and the matching error code; a stream-level problem
-  ends only that stream. Nothing here logs per request; an unexpected handler error is logged once.
+  ends only that stream. A client that stops reading its answers is not read from until it drains them,
+  so its unread answers cannot pile up in memory. Nothing here logs per request; an unexpected handler error is logged once.
 - A call's deadline (``grpc-timeout``) ends it with DEADLINE_EXCEEDED and cancels its handler; a client's
   RST_STREAM or a lost connection cancels the handler (it sees ``CancelledError``).
 """
@@ -144,10 +145,15 @@ class Connection(asyncio.Protocol):
         self.server.connection_gone()
 
     def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its requests until it does."""
         self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -328,8 +334,11 @@ class Connection(asyncio.Protocol):
                 call.recv_closed = True
                 self._requests_ended(call)
             return
-        if sid % 2 == 0 or sid <= self._last_sid:
-            raise ConnectionError_(f.PROTOCOL_ERROR, f"stream {sid} cannot be opened")
+        if sid % 2 == 0:
+            raise ConnectionError_(f.PROTOCOL_ERROR, f"stream {sid} cannot be opened by a client")
+        if sid <= self._last_sid:  # a stream we already ended: that stream's error, not the connection's
+            self._write(f.rst_stream(sid, f.STREAM_CLOSED))
+            return
         self._last_sid = sid
         if self.goaway_sent or len(self.calls) >= MAX_CONCURRENT_STREAMS:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
