@@ -63,7 +63,7 @@ async def _measure(root: Path, repeat: int, target_s: float) -> dict[str, Any]:
     key = (route.endpoint, mv.name, mv.version_str, role)
 
     big = 10_000_000  # a queue that never fills during the measurement: the "queued" path
-    queued = ShadowDispatcher(big, 2, 5.0)
+    queued = ShadowDispatcher(big, 2, 5.0, max_wait_s=float("inf"), busy_limit=1.0)  # never lagging or busy
     queued.start()
     full = ShadowDispatcher(1, 1, 5.0)
     full.start()

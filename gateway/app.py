@@ -126,7 +126,11 @@ class Gateway:
         self.repository = ModelRepository(settings.model_repository, self.executor)
         self.router = Router(self.repository, {e.name: endpoint_spec(e) for e in settings.endpoints})
         self.shadow = ShadowDispatcher(
-            settings.shadow_queue_size, settings.shadow_concurrency, settings.shadow_timeout_s
+            settings.shadow_queue_size,
+            settings.shadow_concurrency,
+            settings.shadow_timeout_s,
+            max_wait_s=settings.shadow_max_wait_s,
+            busy_limit=settings.shadow_busy_limit,
         )
         self.service = InferenceService(
             self.repository, self.router, __version__, settings.model_control, self.shadow

@@ -100,6 +100,11 @@ class Settings:
     shadow_queue_size: int = 1024  # shadow work waiting to run; beyond it work is dropped and counted
     shadow_concurrency: int = 2  # shadow requests running at once
     shadow_timeout_s: float = 5.0  # a shadow request that takes longer is abandoned and counted
+    # The shadow lane lags when its oldest waiting copy has waited longer: new copies are dropped, counted.
+    shadow_max_wait_s: float = 0.05
+    # Share of the event loop thread's time (running or waiting for a CPU) above which the shadow lane
+    # takes fewer copies (the rest dropped, counted): the served path keeps a saturated loop. 1 = never.
+    shadow_busy_limit: float = 0.75
     shutdown_grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     # gRPC core's own bound on calls received but not yet handed to Python (0: none). Under overload it
     # refuses early and cheaply, but as CANCELLED without a retry hint: see README, Limits.
@@ -301,6 +306,10 @@ def load_settings(
     for key in ("shadow_queue_size", "shadow_concurrency"):
         if values.get(key, 1) < 1:
             raise SettingsError(f"setting '{key}' must be at least 1")
+    if values.get("shadow_max_wait_s", 1.0) <= 0:
+        raise SettingsError("setting 'shadow_max_wait_s' must be positive")
+    if not 0 < values.get("shadow_busy_limit", 1.0) <= 1:
+        raise SettingsError("setting 'shadow_busy_limit' must be in (0, 1]")
     limit_fields = {f.name: f for f in dataclasses.fields(Limits)}
     for key, value in limits.items():
         field_ = limit_fields.get(key)

@@ -404,8 +404,9 @@ class ModelVersion:
     ) -> Execution:
         """Run one request; the outputs are (name, array) for each requested output, in the order asked for.
 
-        `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool;
-        with dynamic batching that caller's requests are batched among themselves, on that executor.
+        `executor` lets a caller (the shadow lane) run on threads of its own instead of the clients' pool,
+        and never inline on the event loop, however fast the version is; with dynamic batching that
+        caller's requests are batched among themselves, on that executor.
         `deadline` (time.monotonic()): refused if passed before the run starts, terminated when it passes
         during the run; either way `DeadlineExceeded`.
         """

@@ -147,7 +147,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
 def _shadow_families(shadow: Snapshot) -> Iterator[Metric]:
     names = {
         "queued": "Requests copied to the shadow queue.",
-        "dropped": "Shadow copies dropped because the shadow queue was full.",
+        "dropped": "Shadow copies dropped: the shadow lane was full or lagging, or the event loop was saturated.",
         "failed": "Shadow runs that raised.",
         "timed_out": "Shadow runs abandoned after the shadow timeout.",
         "compared": "Shadow answers compared with the served answer.",
