@@ -69,6 +69,8 @@ class Limits:
     body_grace_s: float = 5.0
     body_min_rate: int = 16 * 1024
     stream_idle_timeout_s: float = 600.0
+    # A gRPC connection with no call for this long gets GOAWAY and is closed (native transport).
+    connection_idle_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

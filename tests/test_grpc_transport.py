@@ -482,3 +482,34 @@ def test_client_that_reads_late_gets_every_answer(gateway: GatewayProcess) -> No
         assert statuses == [b"0"] * len(sids)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def idle_gateway(demo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config = demo_config.with_name("gateway-idle-connections.toml")
+    config.write_text(demo_config.read_text() + "\n[limits]\nconnection_idle_timeout_s = 0.5\n")
+    gw = start_gateway(
+        tmp_path_factory.mktemp("idle-conn"),
+        "--config",
+        str(config),
+        "--state-dir",
+        str(tmp_path_factory.mktemp("s")),
+    )
+    yield gw
+    assert gw.stop() == 0, gw.log()
+
+
+def test_idle_connection_gets_goaway_and_busy_one_does_not(idle_gateway: GatewayProcess) -> None:
+    idle = RawH2(idle_gateway.ports["grpc"])
+    busy = RawH2(idle_gateway.ports["grpc"])
+    try:
+        busy.headers(1, path="/inference.GRPCInferenceService/ModelStreamInfer")  # a stream held open
+        _, _, payload = idle.until(f.GOAWAY)
+        assert f.u32(payload[4:8]) == f.NO_ERROR
+        assert idle.closed()
+        busy.message(1, simple_request(), end=True)
+        fields, data = busy.response(1)
+        assert fields[b"grpc-status"] == b"0" and len(data) > 5
+    finally:
+        idle.close()
+        busy.close()

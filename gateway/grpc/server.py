@@ -197,6 +197,7 @@ async def start_grpc_server(
             | frozenset(p for p in table.methods if p.decode().startswith(OPEN_PREFIXES)),
             max_active=max_pending_requests,
             ssl_context=alpn_context(ssl_context) if ssl_context is not None else None,
+            idle_s=limits.connection_idle_timeout_s,
         )
         try:
             bound = await native.listen(host, port, reuse_port)
@@ -211,7 +212,7 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", limits.max_body_bytes),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_connection_idle_ms", 300_000),  # idle connections do not hold resources forever
+            ("grpc.max_connection_idle_ms", int(limits.connection_idle_timeout_s * 1000)),
         ]
         + (
             # gRPC core refuses calls beyond this many waiting for Python (soft) or 4x (hard).

@@ -106,6 +106,7 @@ class Connection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.goaway_sent = False
         self._closed = False
+        self.idle_since = server.loop.time()  # when its last call ended (read by the server's idle sweep)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -687,6 +688,8 @@ class Connection(asyncio.Protocol):
 
     def _release(self, call: Call) -> None:
         self.calls.pop(call.sid, None)
+        if not self.calls:
+            self.idle_since = self.loop.time()
         self._blocked.pop(call.sid, None)
         if call.timer is not None:
             call.timer.cancel()
