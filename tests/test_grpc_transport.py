@@ -513,3 +513,21 @@ def test_idle_connection_gets_goaway_and_busy_one_does_not(idle_gateway: Gateway
     finally:
         idle.close()
         busy.close()
+
+
+def test_stream_of_many_requests_is_answered_in_full_then_ended(raw: RawH2) -> None:
+    """2,000 requests on one stream sent without waiting, then a half-close: 2,000 answers, OK trailers."""
+    body = simple_request()
+    raw.headers(1, path="/inference.GRPCInferenceService/ModelStreamInfer")
+    for _ in range(2000):
+        raw.message(1, body, end=False)
+    raw.send(f.frame(f.DATA, f.END_STREAM, 1, b""))
+    fields, data = raw.response(1)
+    assert fields[b"grpc-status"] == b"0"
+    count, pos = 0, 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        item = service_pb2.ModelStreamInferResponse.FromString(data[pos + 5 : pos + 5 + size])
+        assert not item.error_message
+        count, pos = count + 1, pos + 5 + size
+    assert count == 2000

@@ -17,6 +17,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,13 +33,14 @@ from gateway.grpc.generated import grpc_service_pb2 as pb
 from gateway.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from gateway.grpc.h2.calls import MethodTable
 from gateway.grpc.h2.server import NativeServer, alpn_context
-from gateway.grpc.servicer import InferenceServicer
+from gateway.grpc.servicer import STREAM_IN_FLIGHT, InferenceServicer, routing_key_of
 from gateway.service import InferenceService
 from gateway.settings import Limits, SettingsError
 
 TRANSPORTS = ("native", "grpcio")
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+STREAM_PATH = f"/{INFERENCE_SERVICE}/ModelStreamInfer"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Health names we report: "" (the whole server) and the inference service, as grpc health probes ask.
 HEALTH_NAMES = ("", INFERENCE_SERVICE)
@@ -140,13 +142,22 @@ def _address(host: str, port: int) -> str:
 
 def _register(service: InferenceService, limits: Limits, server: Any) -> Any:
     """Our servicer, health and reflection on `server` (a grpc.aio server or a MethodTable)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+    servicer = InferenceServicer(service, limits)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_servicer = _HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
     if isinstance(server, MethodTable):
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(names), server
+        )
+        # The native transport answers stream requests one by one: no reader or writer task in between.
+        path = STREAM_PATH.encode()
+        server.methods[path] = dataclasses.replace(
+            server.methods[path],
+            per_message=lambda request, call: servicer.stream_answer(request, routing_key_of(call), call),
+            max_in_flight=STREAM_IN_FLIGHT,
+            idle_s=servicer.stream_idle_s,
         )
     else:
         reflection.enable_server_reflection(names, server)

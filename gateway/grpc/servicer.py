@@ -82,7 +82,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._limits = limits
         if stream_idle_timeout_s is None:
             stream_idle_timeout_s = getattr(limits, "stream_idle_timeout_s", STREAM_IDLE_TIMEOUT_S)
-        self._stream_idle_s = float(stream_idle_timeout_s)
+        self.stream_idle_s = float(stream_idle_timeout_s)
 
     # ---------------------------------------------------------------- health and metadata
 
@@ -128,28 +128,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             await abort(context, exc)
 
+    async def stream_answer(
+        self, msg: pb.ModelInferRequest, routing_key: str | None, context: Any
+    ) -> pb.ModelStreamInferResponse:
+        """One request of a ModelStreamInfer stream, answered in-band: a failure is an error_message item and
+        the stream goes on. Transports that hand over stream messages one by one call this directly."""
+        try:
+            decoded = with_call_deadline(codec.decode_infer_request(msg, routing_key, self._limits), context)
+            response = codec.encode_infer_response(await self._service.infer(decoded))
+            if decoded.parameters and decoded.parameters.get(_EMPTY_FINAL) is True:
+                response.parameters[_FINAL].bool_param = True
+            return pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as exc:
+            failed = pb.ModelInferResponse(
+                model_name=msg.model_name, model_version=msg.model_version, id=msg.id
+            )
+            return pb.ModelStreamInferResponse(error_message=error_message(exc), infer_response=failed)
+
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> None:
-        service, limits, idle_s = self._service, self._limits, self._stream_idle_s
+        idle_s = self.stream_idle_s
         routing_key = routing_key_of(context)
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        answer = self.stream_answer
 
         async def serve(msg: pb.ModelInferRequest) -> None:
-            try:
-                decoded = with_call_deadline(codec.decode_infer_request(msg, routing_key, limits), context)
-                response = codec.encode_infer_response(await service.infer(decoded))
-                if decoded.parameters and decoded.parameters.get(_EMPTY_FINAL) is True:
-                    response.parameters[_FINAL].bool_param = True
-                item = pb.ModelStreamInferResponse(infer_response=response)
-            except Exception as exc:
-                failed = pb.ModelInferResponse(
-                    model_name=msg.model_name, model_version=msg.model_version, id=msg.id
-                )
-                item = pb.ModelStreamInferResponse(error_message=error_message(exc), infer_response=failed)
-            results.put_nowait(item)
+            results.put_nowait(await answer(msg, routing_key, context))
 
         # [requests admitted and not yet answered on the wire, monotonic time of the last request or answer]
         state: list[Any] = [0, time.monotonic()]

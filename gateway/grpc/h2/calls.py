@@ -19,7 +19,7 @@ import base64
 import binascii
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,12 @@ class Method:
     response_streaming: bool
     deserialize: Callable[[bytes], Any] | None
     serialize: Callable[[Any], bytes] | None
+    # A request-streaming method may instead be served message by message: `per_message(request, call)`
+    # answers one request (one response each, in-band errors), with at most `max_in_flight` unanswered
+    # per stream and the stream ended after `idle_s` with nothing in flight and nothing arriving.
+    per_message: Callable[[Any, Any], Awaitable[Any]] | None = None
+    max_in_flight: int = 256
+    idle_s: float = 600.0
 
 
 def method_from_handler(path: str, handler: grpc.RpcMethodHandler) -> Method:
@@ -106,8 +112,11 @@ class Call:
         "final",
         "headers",
         "headers_sent",
+        "idle_timer",
+        "in_flight",
         "inbox",
         "inbox_waiter",
+        "last_active",
         "method",
         "out",
         "partial",
@@ -120,6 +129,7 @@ class Call:
         "send_window",
         "sid",
         "task",
+        "tasks",
         "timer",
         "trailing",
     )  # fmt: skip
@@ -156,6 +166,10 @@ class Call:
         self.request: bytes | None = None  # a unary call's message, run at END_STREAM
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False  # counted in the server's calls in progress
+        self.in_flight = 0  # per-message streams: requests received and not yet answered
+        self.tasks: set[asyncio.Task[None]] | None = None  # per-message streams: answers that suspended
+        self.last_active = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ servicer context
 

@@ -35,7 +35,7 @@ import grpc
 
 from gateway import eager
 from gateway.grpc.h2 import frames as f
-from gateway.grpc.h2.calls import Abort, Call
+from gateway.grpc.h2.calls import Abort, Call, Method
 from gateway.grpc.h2.headers import CompressionError, HeaderDecoder, HeaderListTooLarge
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class Connection(asyncio.Protocol):
         if flags & f.END_STREAM:
             call.recv_closed = True
             self._requests_ended(call)
-        elif call.recv_window <= STREAM_WINDOW // 2 and call.queued < STREAM_WINDOW:
+        elif call.recv_window <= STREAM_WINDOW // 2 and self._may_credit(call):
             self._give_window(call)
 
     def _on_headers(self, sid: int, flags: int, block: bytes) -> None:
@@ -406,7 +406,10 @@ class Connection(asyncio.Protocol):
             if seconds is not None:
                 call.deadline = time.monotonic() + seconds
                 call.timer = self.loop.call_later(seconds, self._deadline_passed, call)
-        if entry.request_streaming:
+        if entry.per_message is not None:
+            call.last_active = self.loop.time()
+            call.idle_timer = self.loop.call_later(entry.idle_s, self._stream_idle, call)
+        elif entry.request_streaming:
             call.inbox = deque()
             call.task = self.loop.create_task(self._run(call, call))
         if call.recv_closed:
@@ -466,6 +469,9 @@ class Connection(asyncio.Protocol):
                 return
         method = call.method
         assert method is not None
+        if method.per_message is not None:
+            self._stream_message(call, method, body, wire)
+            return
         if method.request_streaming:
             call.queued += wire
             call.push((body, wire))
@@ -476,8 +482,72 @@ class Connection(asyncio.Protocol):
             return
         call.request = body
 
+    def _stream_message(self, call: Call, method: Method, body: bytes, wire: int) -> None:
+        """Per-message streams: answer each request as it completes, no reader or writer task between."""
+        assert method.deserialize is not None and method.per_message is not None
+        try:
+            request = method.deserialize(body)
+        except Exception:
+            self._finish(call, grpc.StatusCode.INTERNAL, "could not parse a request message of the stream")
+            return
+        call.queued += wire
+        call.in_flight += 1
+        call.last_active = self.loop.time()
+        task = eager.start(self._answer_message(call, method, request, wire), self.loop)
+        if task is not None:
+            if call.tasks is None:
+                call.tasks = set()
+            call.tasks.add(task)
+            task.add_done_callback(call.tasks.discard)
+
+    async def _answer_message(self, call: Call, method: Method, request: Any, wire: int) -> None:
+        assert method.per_message is not None and method.serialize is not None
+        try:
+            response = await method.per_message(request, call)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            log.error("unexpected error in a gRPC stream handler (%s)", method.path, exc_info=exc)
+            self._finish(call, grpc.StatusCode.UNKNOWN, "unexpected error")
+            return
+        if call.closed:
+            return
+        call.in_flight -= 1
+        call.last_active = self.loop.time()
+        self._queue_message(call, method.serialize(response))
+        if call.recv_closed and not call.in_flight:
+            self._finish(call, _OK, "")
+        else:
+            self.credit(call, wire)
+
+    def _stream_idle(self, call: Call) -> None:
+        call.idle_timer = None
+        if call.closed or call.method is None:
+            return
+        idle_s = call.method.idle_s
+        quiet = self.loop.time() - call.last_active
+        if not call.in_flight and quiet >= idle_s:
+            self._finish(
+                call,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"stream sent no request for {idle_s:g} s; closing it",
+            )
+            return
+        call.idle_timer = self.loop.call_later(max(idle_s - quiet, 0.001), self._stream_idle, call)
+
+    def _may_credit(self, call: Call) -> bool:
+        """Give a stream window back only while its requests are being consumed (backpressure)."""
+        method = call.method
+        if method is None or method.per_message is None:
+            return call.queued < STREAM_WINDOW
+        return call.in_flight < method.max_in_flight and not call.out
+
     def _requests_ended(self, call: Call) -> None:
         if call.closed or call.method is None:
+            return
+        if call.method.per_message is not None:
+            if not call.in_flight:
+                self._finish(call, _OK, "")
             return
         if call.inbox is not None:
             call.push_end()
@@ -530,7 +600,12 @@ class Connection(asyncio.Protocol):
     def credit(self, call: Call, size: int) -> None:
         """The handler read `size` bytes of requests: give the stream its window back once it is low."""
         call.queued -= size
-        if not call.recv_closed and not call.closed and call.recv_window <= STREAM_WINDOW // 2:
+        if (
+            not call.recv_closed
+            and not call.closed
+            and call.recv_window <= STREAM_WINDOW // 2
+            and self._may_credit(call)
+        ):
             self._give_window(call)
 
     def _give_window(self, call: Call) -> None:
@@ -542,10 +617,8 @@ class Connection(asyncio.Protocol):
     def _deadline_passed(self, call: Call) -> None:
         call.timer = None
         if not call.closed:
-            task = call.task
             self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            if task is not None:
-                task.cancel()
+            _stop_tasks(call)
 
     # ------------------------------------------------------------------ frames out
 
@@ -617,6 +690,8 @@ class Connection(asyncio.Protocol):
             self._wbuf += (_HEAD.pack(n >> 8, n & 0xFF, f.DATA, 0, call.sid), chunk)
         self._schedule_flush()
         self._blocked.pop(call.sid, None)
+        if call.in_flight or call.queued:  # a per-message stream whose answers were waiting: read on
+            self.credit(call, 0)
         waiter = call.blocked_on
         if waiter is not None:
             call.blocked_on = None
@@ -675,9 +750,7 @@ class Connection(asyncio.Protocol):
         call.closed = True
         call.code = grpc.StatusCode.CANCELLED
         self._release(call)
-        task = call.task
-        if task is not None and not task.done():
-            task.cancel()
+        _stop_tasks(call)
         for waiter in (call.blocked_on, call.inbox_waiter):
             if waiter is not None and not waiter.done():
                 waiter.cancel()
@@ -694,6 +767,9 @@ class Connection(asyncio.Protocol):
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
+        if call.idle_timer is not None:
+            call.idle_timer.cancel()
+            call.idle_timer = None
         if call.counted:
             call.counted = False
             self.server.active -= 1
@@ -732,10 +808,8 @@ class Connection(asyncio.Protocol):
     def abort_all(self) -> None:
         """Grace is over: cancel what still runs and close."""
         for call in tuple(self.calls.values()):
-            task = call.task
             self._finish(call, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            if task is not None and not task.done():
-                task.cancel()
+            _stop_tasks(call)
         self._flush_writes()
         self._close_now()
 
@@ -750,6 +824,15 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self._flush_writes()
             self.transport.close()
+
+
+def _stop_tasks(call: Call) -> None:
+    """Cancel whatever still works for a call that has ended."""
+    task = call.task
+    if task is not None and not task.done():
+        task.cancel()
+    for pending in tuple(call.tasks or ()):
+        pending.cancel()
 
 
 def _strip(payload: bytes, flags: int, header: bool) -> bytes:
