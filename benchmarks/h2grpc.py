@@ -22,6 +22,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from gateway.grpc.h2.frames import frame, literal
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
@@ -43,44 +45,16 @@ class GrpcError(Exception):
         self.code = code
 
 
-def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    n = len(payload)
-    return _HEAD.pack(n >> 8, n & 0xFF, kind, flags, stream) + payload
-
-
-def _int(value: int, prefix_bits: int, first: int) -> bytes:
-    """HPACK integer with an N-bit prefix; `first` holds the representation's flag bits."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = [first | limit]
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: str | int, value: str) -> bytes:
-    """Literal header field without indexing (name by static index or literal), plain (not Huffman)."""
-    v = value.encode("ascii")
-    if isinstance(name, int):
-        return _int(name, 4, 0x00) + _int(len(v), 7, 0) + v
-    k = name.encode("ascii")
-    return b"\x00" + _int(len(k), 7, 0) + k + _int(len(v), 7, 0) + v
-
-
 def request_headers(path: str, authority: str) -> bytes:
     return b"".join(
         (
             b"\x83",  # :method POST (static 3)
             b"\x86",  # :scheme http (static 6)
-            _literal(4, path),  # :path
-            _literal(1, authority),  # :authority
-            _literal("content-type", "application/grpc"),
-            _literal("te", "trailers"),
-            _literal("user-agent", "onnxgate-bench"),
+            literal(4, path.encode("ascii")),  # :path
+            literal(1, authority.encode("ascii")),  # :authority
+            literal(b"content-type", b"application/grpc"),
+            literal(b"te", b"trailers"),
+            literal(b"user-agent", b"onnxgate-bench"),
         )
     )
 

@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gateway.demo import write_demo_repository
 from tests.gateway_process import GatewayProcess, start_gateway
+
+# The machine running the suite is shared and CPU load comes and goes: a slow first draw is the machine,
+# not the strategy. Tests still set their own example counts.
+settings.register_profile("onnxgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("onnxgate")
 
 CUDA_MODEL = "identity_cuda"
 BROKEN_MODEL = "broken"
