@@ -7,9 +7,9 @@ This client writes pre-built frames and reads only what it must, for a few tens 
 Rules of this module:
 - Requests are pre-encoded: the HPACK header block is built once per path (static-table and literal
   representations only, so it needs no encoder state); a call writes two frames with fresh stream ids.
-- We announce SETTINGS_HEADER_TABLE_SIZE = 0, so the server's header blocks use no dynamic table and can
-  be read without state. We read only ``grpc-status``; a Huffman-coded value (grpc's C core writes its
-  status and message as plain literals) reads as UNKNOWN.
+- We announce SETTINGS_HEADER_TABLE_SIZE = 0, so the server's header blocks use no dynamic table; they
+  are read with the gateway's own HPACK decoder (gateway.grpc.h2.headers, Huffman included), for
+  ``grpc-status`` and ``grpc-message`` only.
 - Flow control both ways: our receive windows are large and topped up; our sends wait for the server's
   connection and stream windows. PING is answered, GOAWAY and RST_STREAM fail the streams they concern.
 - Loopback only is enforced by the caller (``loadgen.LoadSpec``).
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.grpc.h2.frames import frame, literal
+from gateway.grpc.h2.headers import HeaderDecoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
@@ -34,9 +35,6 @@ STATUS_NAMES = (
     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
 )  # fmt: skip
-# HPACK static table entries whose *name* we may meet in trailers (index -> name).
-_STATIC_NAMES = {8: ":status", 9: ":status", 10: ":status", 11: ":status", 12: ":status", 13: ":status",
-                 14: ":status", 31: "content-type"}  # fmt: skip
 
 
 class GrpcError(Exception):
@@ -59,53 +57,15 @@ def request_headers(path: str, authority: str) -> bytes:
     )
 
 
-def _read_int(buf: bytes, i: int, prefix_bits: int) -> tuple[int, int]:
-    limit = (1 << prefix_bits) - 1
-    value = buf[i] & limit
-    i += 1
-    if value < limit:
-        return value, i
-    shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value += (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _read_str(buf: bytes, i: int) -> tuple[str | None, int]:
-    huffman = buf[i] & 0x80
-    n, i = _read_int(buf, i, 7)
-    raw = buf[i : i + n]
-    return (None if huffman else raw.decode("latin-1")), i + n
-
-
-def grpc_status(block: bytes) -> tuple[int | None, str]:
-    """(grpc-status, grpc-message) from a header block encoded without a dynamic table."""
-    i, n = 0, len(block)
+def grpc_status(decoder: HeaderDecoder, block: bytes) -> tuple[int | None, str]:
+    """(grpc-status, grpc-message) from a response header block."""
     status: int | None = None
     message = ""
-    while i < n:
-        b = block[i]
-        if b & 0x80:  # indexed field: static entries only, none of which is grpc-status
-            _, i = _read_int(block, i, 7)
-            continue
-        if b & 0xE0 == 0x20:  # dynamic table size update
-            _, i = _read_int(block, i, 5)
-            continue
-        prefix = 6 if b & 0xC0 == 0x40 else 4
-        index, i = _read_int(block, i, prefix)
-        if index:
-            name: str | None = _STATIC_NAMES.get(index, "")
-        else:
-            name, i = _read_str(block, i)
-        value, i = _read_str(block, i)
-        if name == "grpc-status":
-            status = int(value) if value is not None and value.isdigit() else -1
-        elif name == "grpc-message" and value:
-            message = value
+    for name, value in decoder.decode(block):
+        if name == b"grpc-status":
+            status = int(value) if value.isdigit() else -1
+        elif name == b"grpc-message" and value:
+            message = value.decode("latin-1")
     return status, message
 
 
@@ -131,6 +91,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.rbuf = bytearray()
         self.streams: dict[int, _Stream] = {}
+        self._decoder = HeaderDecoder(max_table_size=0)  # we announce a zero-size table
         self.next_id = 1
         self.send_window = 65535  # connection-level, from the server
         self.initial_stream_window = 65535
@@ -344,7 +305,7 @@ class H2Connection(asyncio.Protocol):
         if not flags & END_HEADERS:
             self.continuation = sid
             return
-        status, message = grpc_status(bytes(st.header_block))
+        status, message = grpc_status(self._decoder, bytes(st.header_block))
         st.header_block.clear()
         if status is not None:
             st.status, st.message = status, message
