@@ -108,11 +108,11 @@ class Settings:
     # takes fewer copies (the rest dropped, counted): the served path keeps a saturated loop. 1 = never.
     shadow_busy_limit: float = 0.75
     shutdown_grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
-    # gRPC core's own bound on calls received but not yet handed to Python (0: none). Under overload it
-    # refuses early and cheaply, but as CANCELLED without a retry hint: see README, Limits.
+    # Calls in progress per process beyond which new ones get UNAVAILABLE (native transport), or gRPC
+    # core's bound on calls not yet handed to Python (grpcio; refused as CANCELLED). 0: no bound.
     grpc_max_pending_requests: int = 0
-    # "native": our own HTTP/2 gRPC transport (gateway.grpc.h2, about a third of grpc.aio's CPU per call);
-    # "grpcio": grpc.aio, kept as the reference implementation and a fallback.
+    # "native": our own HTTP/2 gRPC transport (gateway.grpc.h2: 78 us of CPU per inference at c=16
+    # where grpc.aio took 360 us); "grpcio": grpc.aio, the reference implementation and a fallback.
     grpc_transport: str = "native"
     # "auto": uvloop when it is installed and the gRPC transport is native; "uvloop"; "asyncio".
     event_loop: str = "auto"
