@@ -531,3 +531,32 @@ def test_stream_of_many_requests_is_answered_in_full_then_ended(raw: RawH2) -> N
         assert not item.error_message
         count, pos = count + 1, pos + 5 + size
     assert count == 2000
+
+
+def test_calls_beyond_the_in_progress_bound_are_refused(
+    demo_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """grpc_max_pending_requests = 1: while a stream holds the one slot a unary call gets UNAVAILABLE;
+    once the stream ends the next call is served."""
+    gw = start_gateway(
+        tmp_path_factory.mktemp("bounded"),
+        "--config",
+        str(demo_config),
+        "--state-dir",
+        str(tmp_path_factory.mktemp("bounded-state")),
+        env={"ONNXGATE_GRPC_MAX_PENDING_REQUESTS": "1"},
+    )
+    client = RawH2(gw.ports["grpc"])
+    try:
+        client.headers(1, path="/inference.GRPCInferenceService/ModelStreamInfer")
+        client.headers(3)
+        client.message(3, simple_request())
+        assert client.response(3)[0][b"grpc-status"] == b"14"  # UNAVAILABLE
+        client.send(f.frame(f.DATA, f.END_STREAM, 1, b""))
+        assert client.response(1)[0][b"grpc-status"] == b"0"
+        client.headers(5)
+        client.message(5, simple_request())
+        assert client.response(5)[0][b"grpc-status"] == b"0"
+    finally:
+        client.close()
+        assert gw.stop() == 0, gw.log()
