@@ -560,3 +560,20 @@ def test_calls_beyond_the_in_progress_bound_are_refused(
     finally:
         client.close()
         assert gw.stop() == 0, gw.log()
+
+
+def test_rapid_reset_is_cut_off(gateway: GatewayProcess) -> None:
+    """Streams opened only to be reset, past the allowance: GOAWAY ENHANCE_YOUR_CALM; others unaffected."""
+    client = RawH2(gateway.ports["grpc"])
+    try:
+        frames = b"".join(
+            f.frame(f.HEADERS, f.END_HEADERS, sid, client.encoder.encode([(":method", "POST"), (":path", INFER_PATH),
+                    (":scheme", "http"), ("content-type", "application/grpc")])) + f.rst_stream(sid, f.CANCEL)
+            for sid in range(1, 2 * 1100, 2)
+        )  # fmt: skip
+        client.send(frames)
+        _, _, payload = client.until(f.GOAWAY)
+        assert f.u32(payload[4:8]) == f.ENHANCE_YOUR_CALM
+    finally:
+        client.close()
+    assert_grpc_serves(gateway)

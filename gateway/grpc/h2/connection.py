@@ -16,6 +16,8 @@ Rules of this module:
 - Protocol violations end the connection with GOAWAY and the matching error code; a stream-level problem
   ends only that stream. A client that stops reading its answers is not read from until it drains them,
   so its unread answers cannot pile up in memory. Nothing here logs per request; an unexpected handler error is logged once.
+- A client that resets more than ``RESET_ALLOWANCE`` calls, and more calls than it let finish, is cut off
+  (GOAWAY ENHANCE_YOUR_CALM): opening streams only to reset them costs the server and nobody else.
 - A call's deadline (``grpc-timeout``) ends it with DEADLINE_EXCEEDED and cancels its handler; a client's
   RST_STREAM or a lost connection cancels the handler (it sees ``CancelledError``).
 """
@@ -48,6 +50,10 @@ CONNECTION_WINDOW = 64 << 20
 MAX_FRAME = 1 << 20  # what we accept; we send at most what the peer allows
 MAX_CONCURRENT_STREAMS = 1024
 MAX_HEADER_LIST = 64 << 10
+# A client may reset this many of its calls before its resets are weighed against its answered calls:
+# one that resets more calls than it lets finish is opening streams only to cancel them ("rapid reset")
+# and gets GOAWAY ENHANCE_YOUR_CALM.
+RESET_ALLOWANCE = 1000
 _HEAD = f.HEAD
 _HEAD_LEN = 9
 _RESPONSE_HEADERS_LEN = len(f.RESPONSE_HEADERS)
@@ -105,6 +111,8 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.goaway_sent = False
+        self._resets = 0  # calls the client reset before their answer
+        self._answered = 0  # calls that got their last frame from us
         self._closed = False
         self.idle_since = server.loop.time()  # when its last call ended (read by the server's idle sweep)
 
@@ -239,6 +247,9 @@ class Connection(asyncio.Protocol):
             call = self.calls.get(sid)
             if call is not None:
                 self._cancel(call)
+                self._resets += 1
+                if self._resets > RESET_ALLOWANCE and self._resets > self._answered:
+                    raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too many streams reset by the client")
         elif kind == f.GOAWAY:
             self.goaway_sent = True  # the peer will open nothing new; finish what is open, then close
             if not self.calls:
@@ -739,6 +750,7 @@ class Connection(asyncio.Protocol):
         if call.closed:
             return
         call.closed = True
+        self._answered += 1
         self._release(call)
         if not call.recv_closed:
             self._write(f.rst_stream(call.sid, f.NO_ERROR))
