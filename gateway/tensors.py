@@ -158,13 +158,22 @@ def array_from_values(
             raise InvalidArgument(f"tensor '{tensor}': data holds values that are not valid {dt.name}")
         if arr.ndim > 1:
             arr = arr.reshape(-1)
-        if dt.name == "BOOL" and arr.size and np.asarray(values).dtype.kind not in "bO":
+        if dt.name == "BOOL" and arr.size and _kind(values) not in "bO":
             raise InvalidArgument(f"tensor '{tensor}': BOOL data must be true/false")
     if arr.size != count:
         raise InvalidArgument(
             f"tensor '{tensor}': shape {list(shape)} needs {count} elements of data, got {arr.size}"
         )
     return arr.reshape(shape)
+
+
+def _kind(values: Any) -> str:
+    """numpy's kind for `values`, or "?" when numpy cannot even hold them together (e.g. a list mixing
+    numbers with non-ASCII bytes, which numpy tries to decode as ASCII)."""
+    try:
+        return str(np.asarray(values).dtype.kind)
+    except (ValueError, TypeError, OverflowError):
+        return "?"
 
 
 def deserialize_bytes(
