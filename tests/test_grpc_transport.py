@@ -427,16 +427,31 @@ def test_cancelled_calls_leave_nothing_in_flight(gateway: GatewayProcess) -> Non
 # ---------------------------------------------------------------------- the grpcio fallback
 
 
+def demo_gateway(
+    demo_config: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tag: str,
+    extra_toml: str = "",
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
+    """A gateway of its own on the demo repository, with `extra_toml` appended to its config."""
+    config = demo_config
+    if extra_toml:
+        config = demo_config.with_name(f"gateway-{tag}.toml")
+        config.write_text(demo_config.read_text() + "\n" + extra_toml)
+    return start_gateway(
+        tmp_path_factory.mktemp(tag),
+        "--config",
+        str(config),
+        "--state-dir",
+        str(tmp_path_factory.mktemp(f"{tag}-state")),
+        env=env,
+    )
+
+
 @pytest.fixture(scope="module")
 def grpcio_gateway(demo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = start_gateway(
-        tmp_path_factory.mktemp("grpcio"),
-        "--config",
-        str(demo_config),
-        "--state-dir",
-        str(tmp_path_factory.mktemp("grpcio-state")),
-        env={"ONNXGATE_GRPC_TRANSPORT": "grpcio"},
-    )
+    gw = demo_gateway(demo_config, tmp_path_factory, "grpcio", env={"ONNXGATE_GRPC_TRANSPORT": "grpcio"})
     yield gw
     assert gw.stop() == 0, gw.log()
 
@@ -486,14 +501,8 @@ def test_client_that_reads_late_gets_every_answer(gateway: GatewayProcess) -> No
 
 @pytest.fixture(scope="module")
 def idle_gateway(demo_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    config = demo_config.with_name("gateway-idle-connections.toml")
-    config.write_text(demo_config.read_text() + "\n[limits]\nconnection_idle_timeout_s = 0.5\n")
-    gw = start_gateway(
-        tmp_path_factory.mktemp("idle-conn"),
-        "--config",
-        str(config),
-        "--state-dir",
-        str(tmp_path_factory.mktemp("s")),
+    gw = demo_gateway(
+        demo_config, tmp_path_factory, "idle-conn", "[limits]\nconnection_idle_timeout_s = 0.5\n"
     )
     yield gw
     assert gw.stop() == 0, gw.log()
@@ -538,13 +547,8 @@ def test_calls_beyond_the_in_progress_bound_are_refused(
 ) -> None:
     """grpc_max_pending_requests = 1: while a stream holds the one slot a unary call gets UNAVAILABLE;
     once the stream ends the next call is served."""
-    gw = start_gateway(
-        tmp_path_factory.mktemp("bounded"),
-        "--config",
-        str(demo_config),
-        "--state-dir",
-        str(tmp_path_factory.mktemp("bounded-state")),
-        env={"ONNXGATE_GRPC_MAX_PENDING_REQUESTS": "1"},
+    gw = demo_gateway(
+        demo_config, tmp_path_factory, "bounded", env={"ONNXGATE_GRPC_MAX_PENDING_REQUESTS": "1"}
     )
     client = RawH2(gw.ports["grpc"])
     try:

@@ -122,7 +122,6 @@ class Call:
         "partial",
         "queued",
         "recv_closed",
-        "recv_unacked",
         "recv_window",
         "request",
         "request_count",
@@ -147,7 +146,6 @@ class Call:
         self.closed = False
         self.headers_sent = False
         self.send_window = send_window
-        self.recv_unacked = 0
         self.out: deque[bytes] = deque()  # DATA payloads and the final trailers block waiting for window
         self.blocked_on: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
